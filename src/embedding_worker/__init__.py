@@ -1,0 +1,1 @@
+"""RunPod serverless worker serving embeddings and reranking with the Infinity engine."""

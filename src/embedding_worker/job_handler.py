@@ -1,0 +1,46 @@
+"""The RunPod job handler: job input -> typed request -> service -> job output.
+
+This is the one place where a `WorkerError` becomes the job's error output
+(`{"error": "<one line>"}`, which RunPod reports as a FAILED job).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from embedding_worker.errors import WorkerError
+from embedding_worker.job_input import Job, Route, normalize_job_input
+from embedding_worker.service import EmbeddingService
+
+log = logging.getLogger(__name__)
+
+
+class JobHandler:
+    def __init__(self, service: EmbeddingService, max_concurrency: int) -> None:
+        self.service = service
+        self.max_concurrency = max_concurrency
+
+    async def __call__(self, job: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+        try:
+            parsed = normalize_job_input(job.get("input") if isinstance(job, dict) else None)
+            body = await self._run(parsed)
+        except WorkerError as err:
+            return {"error": err.message}
+        except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not the worker
+            log.exception("job failed unexpectedly")
+            return {"error": f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]}
+        # RunPod's /openai/v1 gateway unwraps a one-element list; standard jobs get the body.
+        return [body] if parsed.openai else body
+
+    async def _run(self, job: Job) -> dict[str, Any]:
+        if job.route is Route.embeddings:
+            response = await self.service.embed(job.request)
+        elif job.route is Route.rerank:
+            response = await self.service.rerank(job.request)
+        else:
+            response = self.service.list_models()
+        return response.model_dump(mode="json", exclude_none=True)
+
+    def concurrency_modifier(self, current_concurrency: int) -> int:
+        return self.max_concurrency

@@ -1,0 +1,152 @@
+"""Worker configuration, read from the environment once at start-up.
+
+Every problem is collected and reported in one line (`SettingsError`); the entry point
+prints it and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+
+from pydantic import BaseModel, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from embedding_worker.errors import SettingsError
+
+
+class Backend(str, Enum):
+    torch = "torch"
+    optimum = "optimum"
+    ctranslate2 = "ctranslate2"
+
+
+# Spellings users write -> the names of Infinity's `Dtype` enum (which rejects "fp16").
+DTYPE_SPELLINGS = {
+    "auto": "auto",
+    "fp32": "float32",
+    "float32": "float32",
+    "fp16": "float16",
+    "float16": "float16",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "int8": "int8",
+    "fp8": "fp8",
+}
+
+
+class ModelSpec(BaseModel):
+    """One model to serve: what to load and how."""
+
+    name: str  # exactly as written in MODEL_NAMES; also the name clients use
+    batch_size: int
+    dtype: str  # an Infinity `Dtype` name
+    backend: Backend
+
+
+def _split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(";") if item.strip()]
+
+
+class WorkerSettings(BaseSettings):
+    """Environment variables the worker reads (names are case-insensitive)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    model_names: str
+    batch_sizes: str = "32"
+    dtypes: str = "auto"
+    backend: Backend = Backend.torch
+    infinity_queue_size: int = 48000
+    runpod_max_concurrency: int = 300
+    request_timeout: float = 300.0
+
+    @field_validator("model_names")
+    @classmethod
+    def _at_least_one_model(cls, value: str) -> str:
+        if not _split(value):
+            raise ValueError("names no model; give `;`-separated Hugging Face ids or paths")
+        return value
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_integers(cls, value: str) -> str:
+        for item in _split(value) or [value]:
+            if not item.isdigit() or int(item) < 1:
+                raise ValueError(f"{item!r} is not a positive integer")
+        return value
+
+    @field_validator("dtypes")
+    @classmethod
+    def _known_dtypes(cls, value: str) -> str:
+        for item in _split(value) or [value]:
+            if item.lower() not in DTYPE_SPELLINGS:
+                raise ValueError(f"{item!r} is not one of {', '.join(DTYPE_SPELLINGS)}")
+        return value
+
+    @field_validator("infinity_queue_size", "runpod_max_concurrency", "request_timeout")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"{value!r} is not positive")
+        return value
+
+    @model_validator(mode="after")
+    def _one_value_per_model(self) -> WorkerSettings:
+        count = len(self.served_names)
+        problems = [
+            f"{var}: {len(values)} values for {count} models ({raw!r}); give one per model or one for all"
+            for var, raw, values in (
+                ("BATCH_SIZES", self.batch_sizes, _split(self.batch_sizes)),
+                ("DTYPES", self.dtypes, _split(self.dtypes)),
+            )
+            if len(values) not in (1, count)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def served_names(self) -> list[str]:
+        return _split(self.model_names)
+
+    @property
+    def models(self) -> list[ModelSpec]:
+        names = self.served_names
+        sizes = _per_model(_split(self.batch_sizes), len(names))
+        dtypes = _per_model(_split(self.dtypes), len(names))
+        return [
+            ModelSpec(
+                name=name,
+                batch_size=int(size),
+                dtype=DTYPE_SPELLINGS[dtype.lower()],
+                backend=self.backend,
+            )
+            for name, size, dtype in zip(names, sizes, dtypes)
+        ]
+
+    def export_engine_environment(self) -> None:
+        """Set the variables Infinity reads when it is first imported."""
+        os.environ["INFINITY_QUEUE_SIZE"] = str(self.infinity_queue_size)
+
+
+def _per_model(values: list[str], count: int) -> list[str]:
+    return values * count if len(values) == 1 else values
+
+
+def load_settings() -> WorkerSettings:
+    """Read and validate the environment; raise `SettingsError` naming every problem."""
+    try:
+        return WorkerSettings()
+    except ValidationError as exc:
+        raise SettingsError("invalid settings: " + "; ".join(_describe(e) for e in exc.errors())) from None
+
+
+def _describe(error: dict) -> str:
+    variable = "".join(str(part) for part in error["loc"][:1]).upper()
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"{variable} is required"
+    if error["type"] in ("int_parsing", "float_parsing", "enum"):
+        return f"{variable}: {error['input']!r}: {message}"
+    return f"{variable}: {message}" if variable else message

@@ -1,0 +1,73 @@
+"""RunPod serverless entry point: settings -> engines -> service -> runpod.serverless.start.
+
+    python src/handler.py                      # serve jobs (on RunPod), or run test_input.json
+    python src/handler.py --test_input '{...}' # run one job locally, print it, exit 0 or 1
+    python src/handler.py --rp_serve_api       # runpod's local HTTP test server
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+def main() -> int:
+    from embedding_worker.errors import WorkerError
+    from embedding_worker.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        settings.export_engine_environment()  # before Infinity is first imported
+        from embedding_worker.engines import EngineRegistry
+
+        registry = EngineRegistry.load(settings.models, timeout=settings.request_timeout)
+    except WorkerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+    from embedding_worker.job_handler import JobHandler
+    from embedding_worker.service import EmbeddingService
+
+    handler = JobHandler(EmbeddingService(registry), settings.runpod_max_concurrency)
+    # runpod logs at DEBUG by default, which stringifies every (large) output.
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
+    import runpod
+
+    serve = print_outputs(handler) if runs_one_local_job(sys.argv, os.environ) else handler
+    try:
+        runpod.serverless.start({"handler": serve, "concurrency_modifier": handler.concurrency_modifier})
+    except SystemExit as done:  # the local test path ends with sys.exit(0 or 1)
+        return done.code if isinstance(done.code, int) else 1
+    finally:
+        registry.stop_outside_loop()
+    return 0
+
+
+def runs_one_local_job(argv: list[str], environ: os._Environ | dict[str, str]) -> bool:
+    """runpod's own rule: off RunPod and not serving an API, it runs one test job and exits."""
+    if "--test_input" in argv or any(arg.startswith("--test_input=") for arg in argv):
+        return True
+    serving = "--rp_serve_api" in argv or environ.get("RUNPOD_REALTIME_PORT")
+    return not serving and not environ.get("RUNPOD_WEBHOOK_GET_JOB")
+
+
+def print_outputs(handler: Handler) -> Handler:
+    """Print each job's whole output as one JSON line (runpod's log truncates long results)."""
+
+    async def handle_and_print(job: dict[str, Any]) -> Any:
+        output = await handler(job)
+        print(json.dumps(output, ensure_ascii=False), flush=True)
+        return output
+
+    return handle_and_print
+
+
+if __name__ == "__main__":
+    sys.exit(main())

