@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,3 +81,39 @@ def test_a_model_that_cannot_load_exits_1_naming_it(tmp_path: Path):
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: could not load model '{tmp_path / 'missing-model'}'")
+
+
+def test_rp_serve_api_answers_runsync_and_exits_on_sigterm(hub_cache, sentence_transformer):
+    import httpx
+
+    port = 18731
+    server = subprocess.Popen(
+        [sys.executable, "src/handler.py", "--rp_serve_api", "--rp_api_port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "MODEL_NAMES": EMBEDDER_ID},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + TIMEOUT
+        while server.poll() is None and time.time() < deadline:
+            try:
+                reply = httpx.post(
+                    f"http://127.0.0.1:{port}/runsync",
+                    json={"input": {"model": EMBEDDER_ID, "input": ["Hello, world!"]}},
+                    timeout=60,
+                )
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert reply.status_code == 200
+        body = reply.json()
+        assert body["status"] == "COMPLETED"
+        expected = sentence_transformer.encode(["Hello, world!"], normalize_embeddings=True)[0]
+        got = np.array(body["output"]["data"][0]["embedding"])
+        assert np.abs(got - expected).max() <= 1e-5
+    finally:
+        server.terminate()
+        exit_code = server.wait(30)  # a hang here means the engines kept the process alive
+    # uvicorn shuts down, then re-raises the SIGTERM it caught: the process ends by that signal.
+    assert exit_code in (0, -signal.SIGTERM)
