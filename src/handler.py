@@ -35,7 +35,9 @@ def main() -> int:
     from embedding_worker.job_handler import JobHandler
     from embedding_worker.service import EmbeddingService
 
-    handler = JobHandler(EmbeddingService(registry), settings.runpod_max_concurrency)
+    handler = JobHandler(
+        EmbeddingService(registry), settings.runpod_max_concurrency, settings.limits
+    )
     # runpod logs at DEBUG by default, which stringifies every (large) output.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     import runpod

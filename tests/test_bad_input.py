@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import EMBEDDER_ID, RERANKER_ID
+from conftest import CLASSIFIER_NAME, EMBEDDER_ID, RERANKER_ID
 
-M, R = EMBEDDER_ID, RERANKER_ID
+M, R, C = EMBEDDER_ID, RERANKER_ID, CLASSIFIER_NAME
 
 CASES = {
     "input is a string": ("hello", "input: must be a JSON object, got string"),
@@ -15,7 +15,7 @@ CASES = {
     "no recognised fields": ({"model": M}, "input: expected `model` with `input`"),
     "missing model": ({"input": "x"}, "model: required"),
     "model not a string": ({"model": 7, "input": "x"}, "model: must be a string, got number"),
-    "unknown model": ({"model": "nope/none", "input": "x"}, f"model: 'nope/none' is not deployed; deployed: {M}, {R}"),
+    "unknown model": ({"model": "nope/none", "input": "x"}, f"model: 'nope/none' is not deployed; deployed: {M}, {R}, {C}"),
     "empty list": ({"model": M, "input": []}, "input: must not be an empty list"),
     "empty string": ({"model": M, "input": ""}, "input: must not be empty"),
     "non-string item": ({"model": M, "input": ["a", 3]}, "input: item 1 must be a string, got number"),
@@ -30,7 +30,20 @@ CASES = {
     "query empty": ({"model": R, "query": "", "docs": ["a"]}, "query: must not be empty"),
     "embed with a reranker": ({"model": R, "input": "x"}, f"model: '{R}' cannot embed; it supports: rerank"),
     "rerank with an embedder": ({"model": M, "query": "q", "docs": ["a"]}, f"model: '{M}' cannot rerank; it supports: embed"),
-    "unknown openai_route": ({"openai_route": "/v1/chat/completions"}, "openai_route: '/v1/chat/completions' is not supported; supported: /v1/models, /v1/embeddings"),
+    "rerank with a classifier": ({"model": C, "query": "q", "docs": ["a"]}, f"model: '{C}' cannot rerank; it supports: classify"),
+    "openai embeddings with a classifier": ({"openai_route": "/v1/embeddings", "openai_input": {"model": C, "input": "x"}}, f"model: '{C}' cannot embed; it supports: classify"),
+    "classify with an embedder": ({"openai_route": "/v1/classify", "openai_input": {"model": M, "input": "x"}}, f"model: '{M}' cannot classify; it supports: embed"),
+    "token ids": ({"model": M, "input": [101, 7592, 102]}, "input: token ids are not supported; send text"),
+    "batched token ids": ({"model": M, "input": [[101, 7592], [102]]}, "input: token ids are not supported; send text"),
+    "unknown encoding_format": ({"model": M, "input": "x", "encoding_format": "int8"}, "encoding_format: Input should be 'float' or 'base64'"),
+    "dimensions zero": ({"model": M, "input": "x", "dimensions": 0}, "dimensions: Input should be greater than or equal to 1"),
+    "dimensions past the model": ({"model": M, "input": "x", "dimensions": 385}, f"dimensions: must be between 1 and 384 for model '{M}', got 385"),
+    "dimensions not a number": ({"model": M, "input": "x", "dimensions": "all"}, "dimensions: Input should be a valid integer"),
+    "top_n zero": ({"model": R, "query": "q", "docs": ["a"], "top_n": 0}, "top_n: Input should be greater than or equal to 1"),
+    "docs and documents": ({"model": R, "query": "q", "docs": ["a"], "documents": ["b"]}, "docs: give either docs or documents, not both"),
+    "return_docs and return_documents": ({"model": R, "query": "q", "docs": ["a"], "return_docs": True, "return_documents": True}, "return_docs: give either return_docs or return_documents, not both"),
+    "documents item without text": ({"model": R, "query": "q", "documents": [{"title": "a"}]}, "documents: item 0 must be a string, got object"),
+    "unknown openai_route": ({"openai_route": "/v1/chat/completions"}, "openai_route: '/v1/chat/completions' is not supported; supported: /v1/models, /v1/embeddings, /v1/rerank, /v1/classify"),
     "openai_route not a string": ({"openai_route": 5}, "openai_route: 5 is not supported"),
     "missing openai_input": ({"openai_route": "/v1/embeddings"}, "openai_input: must be a JSON object for /v1/embeddings, got null"),
     "openai_input not an object": ({"openai_route": "/v1/embeddings", "openai_input": "x"}, "openai_input: must be a JSON object for /v1/embeddings, got string"),

@@ -1,26 +1,35 @@
-"""`/v1/models` lists the deployment; OpenAI-route jobs answer with a one-element list."""
+"""`/v1/models` describes the deployment; OpenAI-route jobs answer with a one-element list."""
 
 from __future__ import annotations
 
 import time
 
-from conftest import EMBEDDER_ID, RERANKER_ID
+import openai.types
+
+from conftest import CLASSIFIER_NAME, EMBEDDER_ID, RERANKER_ID
 
 
-def test_models_lists_every_deployed_model(worker):
+def test_models_lists_every_deployed_model_with_what_it_can_do(worker):
     output = worker.run({"openai_route": "/v1/models"})
     assert isinstance(output, list) and len(output) == 1
     body = output[0]
     assert body["object"] == "list"
-    assert [card["id"] for card in body["data"]] == [EMBEDDER_ID, RERANKER_ID]
+    cards = {card["id"]: card for card in body["data"]}
+    assert list(cards) == [EMBEDDER_ID, RERANKER_ID, CLASSIFIER_NAME]
     for card in body["data"]:
-        assert card["object"] == "model"
-        assert card["owned_by"] == "infinity"
+        openai.types.Model.model_validate(card)
+        assert card["object"] == "model" and card["owned_by"] == "infinity"
         assert 0 < card["created"] <= time.time()
         assert card["stats"]["backend"] == "torch"
+        assert card["stats"]["dtype"] == "auto"
         assert card["stats"]["batch_size"] == 32
-    capabilities = {card["id"]: card["stats"]["capabilities"] for card in body["data"]}
-    assert capabilities == {EMBEDDER_ID: ["embed"], RERANKER_ID: ["rerank"]}
+    assert cards[EMBEDDER_ID]["stats"]["capabilities"] == ["embed"]
+    assert cards[EMBEDDER_ID]["stats"]["embedding_dimension"] == 384
+    assert cards[EMBEDDER_ID]["stats"]["max_input_tokens"] == 256
+    assert cards[RERANKER_ID]["stats"]["capabilities"] == ["rerank"]
+    assert cards[CLASSIFIER_NAME]["stats"]["capabilities"] == ["classify"]
+    assert "embedding_dimension" not in cards[RERANKER_ID]["stats"]
+    assert cards[RERANKER_ID]["stats"]["max_input_tokens"] == 512
 
 
 def test_standard_jobs_return_the_body_itself(worker):

@@ -7,8 +7,9 @@ import pytest
 from embedding_worker.errors import SettingsError
 from embedding_worker.settings import load_settings
 
-VARIABLES = ["MODEL_NAMES", "BATCH_SIZES", "DTYPES", "BACKEND", "INFINITY_QUEUE_SIZE",
-             "RUNPOD_MAX_CONCURRENCY", "REQUEST_TIMEOUT"]
+VARIABLES = ["MODEL_NAMES", "SERVED_MODEL_NAMES", "BATCH_SIZES", "DTYPES", "BACKEND",
+             "INFINITY_QUEUE_SIZE", "RUNPOD_MAX_CONCURRENCY", "REQUEST_TIMEOUT",
+             "MAX_EMBED_INPUTS", "MAX_RERANK_DOCS", "MAX_INPUT_CHARS"]
 
 
 @pytest.fixture
@@ -35,10 +36,26 @@ def failure(env, **variables) -> str:
 def test_defaults(env):
     settings = settings_from(env, MODEL_NAMES="a/b")
     assert [m.model_dump() for m in settings.models] == [
-        {"name": "a/b", "batch_size": 32, "dtype": "auto", "backend": "torch"}
+        {"source": "a/b", "name": "a/b", "batch_size": 32, "dtype": "auto", "backend": "torch"}
     ]
     assert settings.infinity_queue_size == 48000
     assert settings.runpod_max_concurrency == 300
+    assert settings.limits.model_dump() == {
+        "max_embed_inputs": 2048, "max_rerank_docs": 1000, "max_input_chars": 100_000
+    }
+
+
+def test_served_model_names_alias_each_model(env):
+    settings = settings_from(env, MODEL_NAMES="/models/bge;org/reranker", SERVED_MODEL_NAMES="bge;rr")
+    assert [(m.source, m.name) for m in settings.models] == [("/models/bge", "bge"), ("org/reranker", "rr")]
+
+
+def test_limits_are_configurable(env):
+    settings = settings_from(env, MODEL_NAMES="a/b", MAX_EMBED_INPUTS="4", MAX_RERANK_DOCS="5",
+                             MAX_INPUT_CHARS="6")
+    assert settings.limits.model_dump() == {
+        "max_embed_inputs": 4, "max_rerank_docs": 5, "max_input_chars": 6
+    }
 
 
 def test_lists_empty_entries_and_broadcast(env):
@@ -73,6 +90,11 @@ CASES = {
     "BACKEND unknown": ({"BACKEND": "tensorrt"}, "BACKEND: 'tensorrt': Input should be 'torch', 'optimum' or 'ctranslate2'"),
     "queue size not a number": ({"INFINITY_QUEUE_SIZE": "lots"}, "INFINITY_QUEUE_SIZE: 'lots': Input should be a valid integer"),
     "queue size zero": ({"INFINITY_QUEUE_SIZE": "0"}, "INFINITY_QUEUE_SIZE: 0 is not positive"),
+    "aliases of the wrong count": ({"SERVED_MODEL_NAMES": "x"}, "SERVED_MODEL_NAMES: 1 names for 2 models ('x')"),
+    "duplicate aliases": ({"SERVED_MODEL_NAMES": "x;x"}, "served model names must be unique; repeated: x"),
+    "duplicate models": ({"MODEL_NAMES": "a/b;a/b"}, "served model names must be unique; repeated: a/b"),
+    "limit not positive": ({"MAX_EMBED_INPUTS": "0"}, "MAX_EMBED_INPUTS: 0 is not positive"),
+    "limit not a number": ({"MAX_INPUT_CHARS": "many"}, "MAX_INPUT_CHARS: 'many': Input should be a valid integer"),
     "concurrency negative": ({"RUNPOD_MAX_CONCURRENCY": "-1"}, "RUNPOD_MAX_CONCURRENCY: -1 is not positive"),
 }
 

@@ -25,11 +25,13 @@ log = logging.getLogger(__name__)
 ResultT = TypeVar("ResultT")
 
 
-@dataclass(frozen=True)
+@dataclass
 class DeployedModel:
     spec: ModelSpec
     engine: AsyncEmbeddingEngine
     created: int  # Unix time the model was loaded
+    embedding_dimension: int | None = None  # None until known (embedders only)
+    max_input_tokens: int | None = None  # longer inputs are truncated to this
 
     @property
     def name(self) -> str:
@@ -112,7 +114,7 @@ def _load(spec: ModelSpec) -> DeployedModel:
     try:
         engine = AsyncEmbeddingEngine.from_args(
             EngineArgs(
-                model_name_or_path=spec.name,
+                model_name_or_path=spec.source,
                 served_model_name=spec.name,
                 batch_size=spec.batch_size,
                 engine=spec.backend.value,
@@ -123,13 +125,41 @@ def _load(spec: ModelSpec) -> DeployedModel:
         )
     except Exception as exc:  # noqa: BLE001 - any load failure ends start-up with one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not load model {spec.name!r}: {reason}") from exc
+        raise ModelLoadError(f"could not load model {spec.source!r}: {reason}") from exc
     log.info(
-        "loaded model %r (%s, %s, batch size %d) in %.1f s",
+        "loaded model %r as %r (%s, %s, batch size %d) in %.1f s",
+        spec.source,
         spec.name,
         spec.backend.value,
         spec.dtype,
         spec.batch_size,
         time.perf_counter() - started,
     )
-    return DeployedModel(spec=spec, engine=engine, created=int(time.time()))
+    dimension, max_tokens = _describe(engine)
+    return DeployedModel(
+        spec=spec,
+        engine=engine,
+        created=int(time.time()),
+        embedding_dimension=dimension,
+        max_input_tokens=max_tokens,
+    )
+
+
+def _describe(engine: AsyncEmbeddingEngine) -> tuple[int | None, int | None]:
+    """Embedding dimension and input token limit, where the loaded model tells them.
+
+    Infinity keeps the loaded model on a private attribute, so read it defensively; an
+    embedder's dimension is otherwise learnt from its first vectors.
+    """
+    replicas = getattr(engine, "_model_replicas", None) or [None]
+    model = replicas[0]
+    dimension = None
+    if "embed" in engine.capabilities:
+        get_dimension = getattr(model, "get_sentence_embedding_dimension", None)
+        dimension = get_dimension() if callable(get_dimension) else None
+    max_tokens = getattr(model, "max_seq_length", None) or getattr(
+        getattr(model, "_infinity_tokenizer", None), "model_max_length", None
+    )
+    if not isinstance(max_tokens, int) or max_tokens > 1_000_000:  # "no limit" sentinels
+        max_tokens = None
+    return dimension, max_tokens

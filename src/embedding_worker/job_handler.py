@@ -11,19 +11,25 @@ from typing import Any
 
 from embedding_worker.errors import WorkerError
 from embedding_worker.job_input import Job, Route, normalize_job_input
+from embedding_worker.schemas import ClassifyRequest, RequestLimits
 from embedding_worker.service import EmbeddingService
 
 log = logging.getLogger(__name__)
 
 
 class JobHandler:
-    def __init__(self, service: EmbeddingService, max_concurrency: int) -> None:
+    def __init__(
+        self, service: EmbeddingService, max_concurrency: int, limits: RequestLimits | None = None
+    ) -> None:
         self.service = service
         self.max_concurrency = max_concurrency
+        self.limits = limits or RequestLimits()
 
     async def __call__(self, job: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         try:
-            parsed = normalize_job_input(job.get("input") if isinstance(job, dict) else None)
+            parsed = normalize_job_input(
+                job.get("input") if isinstance(job, dict) else None, self.limits
+            )
             body = await self._run(parsed)
         except WorkerError as err:
             return {"error": err.message}
@@ -34,10 +40,19 @@ class JobHandler:
         return [body] if parsed.openai else body
 
     async def _run(self, job: Job) -> dict[str, Any]:
-        if job.route is Route.embeddings:
-            response = await self.service.embed(job.request)
-        elif job.route is Route.rerank:
-            response = await self.service.rerank(job.request)
+        request, route = job.request, job.route
+        if route is Route.texts:
+            if self.service.is_classifier(request.model):
+                route = Route.classify
+                request = ClassifyRequest.model_construct(model=request.model, input=request.input)
+            else:
+                route = Route.embeddings
+        if route is Route.embeddings:
+            response = await self.service.embed(request)
+        elif route is Route.rerank:
+            response = await self.service.rerank(request)
+        elif route is Route.classify:
+            response = await self.service.classify(request)
         else:
             response = self.service.list_models()
         return response.model_dump(mode="json", exclude_none=True)

@@ -2,8 +2,9 @@
 
 Two flavours reach the handler:
 - OpenAI: `{"openai_route": "/v1/embeddings", "openai_input": {...}}`, as RunPod's
-  `/openai/v1/*` gateway sends it;
-- standard: `{"model", "input"}` for embeddings, `{"model", "query", "docs"}` for rerank.
+  `/openai/v1/*` gateway sends it (also `/v1/rerank`, `/v1/classify`, `/v1/models`);
+- standard: `{"model", "input"}` (embeddings, or classification when the model is a
+  classifier), `{"model", "query", "docs"}` for rerank.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pydantic import BaseModel, ValidationError
 
 from embedding_worker.errors import InvalidRequest
 from embedding_worker.schemas import (
+    ClassifyRequest,
     EmbeddingRequest,
     ModelsRequest,
+    RequestLimits,
     RerankRequest,
     json_type,
 )
-
 
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
@@ -30,9 +32,19 @@ class Route(str, Enum):
     models = "/v1/models"
     embeddings = "/v1/embeddings"
     rerank = "/v1/rerank"
+    classify = "/v1/classify"
+    texts = "standard input"  # embed or classify, by what the named model does
 
 
-OPENAI_ROUTES = {Route.models.value: Route.models, Route.embeddings.value: Route.embeddings}
+OPENAI_ROUTES = {
+    route.value: route for route in (Route.models, Route.embeddings, Route.rerank, Route.classify)
+}
+SCHEMAS: dict[Route, type[BaseModel]] = {
+    Route.embeddings: EmbeddingRequest,
+    Route.rerank: RerankRequest,
+    Route.classify: ClassifyRequest,
+    Route.texts: EmbeddingRequest,
+}
 
 
 @dataclass(frozen=True)
@@ -42,41 +54,45 @@ class Job:
     openai: bool  # OpenAI-route jobs answer with a one-element list holding the body
 
 
-def normalize_job_input(job_input: Any) -> Job:
+def normalize_job_input(job_input: Any, limits: RequestLimits | None = None) -> Job:
     """Classify and validate a job's `input`; raise `InvalidRequest` naming the field."""
     if not isinstance(job_input, dict):
         raise InvalidRequest(f"input: must be a JSON object, got {json_type(job_input)}")
     if "openai_route" in job_input:
-        return _openai_job(job_input)
-    if "query" in job_input or "docs" in job_input:
-        return Job(Route.rerank, parse_request(RerankRequest, job_input), openai=False)
-    if "input" in job_input:
-        return Job(Route.embeddings, parse_request(EmbeddingRequest, job_input), openai=False)
-    raise InvalidRequest(
-        "input: expected `model` with `input` (embeddings) or with `query` and `docs` (rerank)"
-    )
+        route, body = _openai_route(job_input)
+        openai = True
+    elif "query" in job_input or "docs" in job_input or "documents" in job_input:
+        route, body, openai = Route.rerank, job_input, False
+    elif "input" in job_input:
+        route, body, openai = Route.texts, job_input, False
+    else:
+        raise InvalidRequest(
+            "input: expected `model` with `input` (embeddings) or with `query` and `docs` (rerank)"
+        )
+    request = ModelsRequest() if route is Route.models else parse_request(SCHEMAS[route], body, limits)
+    return Job(route, request, openai)
 
 
-def _openai_job(job_input: dict) -> Job:
+def _openai_route(job_input: dict) -> tuple[Route, dict]:
     raw_route = job_input["openai_route"]
     route = OPENAI_ROUTES.get(raw_route.rstrip("/")) if isinstance(raw_route, str) else None
     if route is None:
         raise InvalidRequest(
             f"openai_route: {raw_route!r} is not supported; supported: {', '.join(OPENAI_ROUTES)}"
         )
-    if route is Route.models:
-        return Job(route, ModelsRequest(), openai=True)
     body = job_input.get("openai_input")
-    if not isinstance(body, dict):
+    if route is not Route.models and not isinstance(body, dict):
         raise InvalidRequest(
             f"openai_input: must be a JSON object for {route.value}, got {json_type(body)}"
         )
-    return Job(route, parse_request(EmbeddingRequest, body), openai=True)
+    return route, body
 
 
-def parse_request(schema: type[RequestT], body: dict) -> RequestT:
+def parse_request(
+    schema: type[RequestT], body: dict, limits: RequestLimits | None = None
+) -> RequestT:
     try:
-        return schema.model_validate(body)
+        return schema.model_validate(body, context={"limits": limits or RequestLimits()})
     except ValidationError as exc:
         raise InvalidRequest(describe_validation_error(exc)) from None
 
@@ -84,7 +100,8 @@ def parse_request(schema: type[RequestT], body: dict) -> RequestT:
 def describe_validation_error(exc: ValidationError) -> str:
     """The first problem as `field: what is wrong`."""
     error = exc.errors(include_url=False)[0]
-    field = ".".join(str(part) for part in error["loc"]) or "input"
+    field = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{field}: required"
-    return f"{field}: {error['msg'].removeprefix('Value error, ')}"
+    return f"{field}: {message}" if field else message

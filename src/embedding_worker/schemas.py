@@ -1,14 +1,31 @@
 """Pydantic models for every request the worker accepts and every body it returns.
 
 Requests ignore unknown fields (clients add their own) and validate the ones they know
-with one-line messages that name the field.
+with one-line messages that name the field. Size limits come in through the validation
+context (`{"limits": RequestLimits}`), so the same schemas serve any configuration.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+
+class RequestLimits(BaseModel):
+    """Per-request bounds (environment variables named in each message)."""
+
+    max_embed_inputs: int = 2048  # MAX_EMBED_INPUTS: texts per embeddings/classify request
+    max_rerank_docs: int = 1000  # MAX_RERANK_DOCS: documents per rerank request
+    max_input_chars: int = 100_000  # MAX_INPUT_CHARS: characters per text, query or document
 
 
 def json_type(value: Any) -> str:
@@ -28,6 +45,18 @@ def json_type(value: Any) -> str:
     return type(value).__name__
 
 
+def _limits(info: ValidationInfo) -> RequestLimits:
+    return (info.context or {}).get("limits") or RequestLimits()
+
+
+def _bounded_text(value: str, limits: RequestLimits, what: str = "") -> str:
+    if len(value) > limits.max_input_chars:
+        raise ValueError(
+            f"{what}has {len(value)} characters; the limit is {limits.max_input_chars} (MAX_INPUT_CHARS)"
+        )
+    return value
+
+
 def _non_empty_string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {json_type(value)}")
@@ -36,10 +65,42 @@ def _non_empty_string(value: Any) -> str:
     return value
 
 
+def _is_token_ids(value: list) -> bool:
+    def ints(items: Any) -> bool:
+        return isinstance(items, list) and bool(items) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in items
+        )
+
+    return ints(value) or all(ints(item) for item in value)
+
+
+def _texts(value: Any, limits: RequestLimits) -> list[str]:
+    """`input`: a non-empty string, or a non-empty list of non-empty strings, within limits."""
+    if isinstance(value, str):
+        return [_bounded_text(_non_empty_string(value), limits)]
+    if not isinstance(value, list):
+        raise ValueError(f"must be a string or a list of strings, got {json_type(value)}")
+    if not value:
+        raise ValueError("must not be an empty list")
+    if _is_token_ids(value):
+        raise ValueError("token ids are not supported; send text (a string or a list of strings)")
+    if len(value) > limits.max_embed_inputs:
+        raise ValueError(
+            f"has {len(value)} items; the limit is {limits.max_embed_inputs} (MAX_EMBED_INPUTS)"
+        )
+    for position, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueError(f"item {position} must be a string, got {json_type(item)}")
+        if not item:
+            raise ValueError(f"item {position} must not be an empty string")
+        _bounded_text(item, limits, f"item {position} ")
+    return value
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    model: str
+    model: str = Field(description="name of a deployed model")
 
     @field_validator("model", mode="before")
     @classmethod
@@ -47,58 +108,77 @@ class _Request(BaseModel):
         return _non_empty_string(value)
 
 
-class ModelsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class EmbeddingRequest(_Request):
-    """OpenAI `/v1/embeddings` body; also the standard `{"model", "input"}` job."""
-
+class _TextsRequest(_Request):
     input: list[str] = Field(description="a string, or a non-empty list of strings")
 
     @field_validator("input", mode="before")
     @classmethod
-    def _texts(cls, value: Any) -> list[str]:
-        if isinstance(value, str):
-            return [_non_empty_string(value)]
-        if not isinstance(value, list):
-            raise ValueError(f"must be a string or a list of strings, got {json_type(value)}")
-        if not value:
-            raise ValueError("must not be an empty list")
-        for position, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ValueError(f"item {position} must be a string, got {json_type(item)}")
-            if not item:
-                raise ValueError(f"item {position} must not be an empty string")
-        return value
+    def _input(cls, value: Any, info: ValidationInfo) -> list[str]:
+        return _texts(value, _limits(info))
+
+
+class ModelsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class EmbeddingRequest(_TextsRequest):
+    """OpenAI `/v1/embeddings` body; also the standard `{"model", "input"}` job."""
+
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)  # keep the first N, then renormalise
+    user: str | None = None  # accepted and ignored, as OpenAI clients send it
+
+
+class ClassifyRequest(_TextsRequest):
+    """`{"model", "input"}` sent to a classifier; also `openai_route: "/v1/classify"`."""
+
+
+def _document_text(value: Any, position: int, limits: RequestLimits) -> str:
+    if isinstance(value, dict) and "text" in value:  # Cohere/Jina document objects
+        value = value["text"]
+    if not isinstance(value, str):
+        raise ValueError(f"item {position} must be a string, got {json_type(value)}")
+    return _bounded_text(value, limits, f"item {position} ")
 
 
 class RerankRequest(_Request):
-    """Standard rerank job: `{"model", "query", "docs", "return_docs"}`."""
+    """Standard rerank job (`docs`, `return_docs`) or Cohere/Jina body (`documents`, ...)."""
 
     query: str
-    docs: list[str]
-    return_docs: bool = False
+    docs: list[str] = Field(validation_alias=AliasChoices("docs", "documents"))
+    top_n: int | None = Field(default=None, ge=1)  # only the best N results
+    return_docs: bool = Field(
+        default=False, validation_alias=AliasChoices("return_docs", "return_documents")
+    )
+    raw_scores: bool = False  # logits instead of sigmoid scores
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling(cls, body: Any) -> Any:
+        if isinstance(body, dict):
+            for pair in (("docs", "documents"), ("return_docs", "return_documents")):
+                if all(name in body for name in pair):
+                    raise ValueError(f"{pair[0]}: give either {pair[0]} or {pair[1]}, not both")
+        return body
 
     @field_validator("query", mode="before")
     @classmethod
-    def _query(cls, value: Any) -> str:
-        return _non_empty_string(value)
+    def _query(cls, value: Any, info: ValidationInfo) -> str:
+        return _bounded_text(_non_empty_string(value), _limits(info))
 
     @field_validator("docs", mode="before")
     @classmethod
-    def _documents(cls, value: Any) -> list[str]:
+    def _documents(cls, value: Any, info: ValidationInfo) -> list[str]:
         # A plain string must not reach the engine: Infinity would rank its characters.
         if not isinstance(value, list) or not value:
-            raise ValueError(f"must be a non-empty list of strings, got {_describe_value(value)}")
-        for position, item in enumerate(value):
-            if not isinstance(item, str):
-                raise ValueError(f"item {position} must be a string, got {json_type(item)}")
-        return value
-
-
-def _describe_value(value: Any) -> str:
-    return "an empty list" if value == [] else json_type(value)
+            got = "an empty list" if value == [] else json_type(value)
+            raise ValueError(f"must be a non-empty list of strings, got {got}")
+        limits = _limits(info)
+        if len(value) > limits.max_rerank_docs:
+            raise ValueError(
+                f"has {len(value)} documents; the limit is {limits.max_rerank_docs} (MAX_RERANK_DOCS)"
+            )
+        return [_document_text(item, i, limits) for i, item in enumerate(value)]
 
 
 class Usage(BaseModel):
@@ -112,7 +192,7 @@ class Usage(BaseModel):
 
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
-    embedding: list[float]
+    embedding: list[float] | str  # str: base64 of little-endian float32, with encoding_format
     index: int
 
 
@@ -136,12 +216,39 @@ class RerankResponse(BaseModel):
     usage: Usage
 
 
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class Classification(BaseModel):
+    object: Literal["classification"] = "classification"
+    index: int  # position of the text in the request's `input`
+    labels: list[LabelScore]  # every label, highest score first
+
+
+class ClassifyResponse(BaseModel):
+    object: Literal["classify"] = "classify"
+    model: str
+    data: list[Classification]
+    usage: Usage
+
+
+class ModelStats(BaseModel):
+    capabilities: list[str]  # of "embed", "rerank", "classify"
+    backend: str
+    dtype: str
+    batch_size: int
+    embedding_dimension: int | None = None  # embedders only
+    max_input_tokens: int | None = None  # longer inputs are truncated to this
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     owned_by: str = "infinity"
     created: int  # Unix time the engine was loaded
-    stats: dict[str, Any] = Field(default_factory=dict)
+    stats: ModelStats
 
 
 class ModelList(BaseModel):

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError, field_validator, model_validato
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedding_worker.errors import SettingsError
+from embedding_worker.schemas import RequestLimits
 
 
 class Backend(str, Enum):
@@ -38,7 +39,8 @@ DTYPE_SPELLINGS = {
 class ModelSpec(BaseModel):
     """One model to serve: what to load and how."""
 
-    name: str  # exactly as written in MODEL_NAMES; also the name clients use
+    source: str  # hub id or local path, as written in MODEL_NAMES
+    name: str  # what clients call it: SERVED_MODEL_NAMES, else `source`
     batch_size: int
     dtype: str  # an Infinity `Dtype` name
     backend: Backend
@@ -54,12 +56,16 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
     model_names: str
+    served_model_names: str = ""
     batch_sizes: str = "32"
     dtypes: str = "auto"
     backend: Backend = Backend.torch
     infinity_queue_size: int = 48000
     runpod_max_concurrency: int = 300
     request_timeout: float = 300.0
+    max_embed_inputs: int = 2048
+    max_rerank_docs: int = 1000
+    max_input_chars: int = 100_000
 
     @field_validator("model_names")
     @classmethod
@@ -84,7 +90,14 @@ class WorkerSettings(BaseSettings):
                 raise ValueError(f"{item!r} is not one of {', '.join(DTYPE_SPELLINGS)}")
         return value
 
-    @field_validator("infinity_queue_size", "runpod_max_concurrency", "request_timeout")
+    @field_validator(
+        "infinity_queue_size",
+        "runpod_max_concurrency",
+        "request_timeout",
+        "max_embed_inputs",
+        "max_rerank_docs",
+        "max_input_chars",
+    )
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
@@ -93,7 +106,7 @@ class WorkerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_value_per_model(self) -> WorkerSettings:
-        count = len(self.served_names)
+        count = len(_split(self.model_names))
         problems = [
             f"{var}: {len(values)} values for {count} models ({raw!r}); give one per model or one for all"
             for var, raw, values in (
@@ -102,28 +115,45 @@ class WorkerSettings(BaseSettings):
             )
             if len(values) not in (1, count)
         ]
+        aliases = _split(self.served_model_names)
+        if aliases and len(aliases) != count:
+            problems.append(
+                f"SERVED_MODEL_NAMES: {len(aliases)} names for {count} models "
+                f"({self.served_model_names!r}); give one per model, in MODEL_NAMES order"
+            )
+        elif duplicates := sorted({n for n in self.served_names if self.served_names.count(n) > 1}):
+            problems.append(f"served model names must be unique; repeated: {', '.join(duplicates)}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     @property
     def served_names(self) -> list[str]:
-        return _split(self.model_names)
+        return _split(self.served_model_names) or _split(self.model_names)
 
     @property
     def models(self) -> list[ModelSpec]:
-        names = self.served_names
-        sizes = _per_model(_split(self.batch_sizes), len(names))
-        dtypes = _per_model(_split(self.dtypes), len(names))
+        sources = _split(self.model_names)
+        sizes = _per_model(_split(self.batch_sizes), len(sources))
+        dtypes = _per_model(_split(self.dtypes), len(sources))
         return [
             ModelSpec(
+                source=source,
                 name=name,
                 batch_size=int(size),
                 dtype=DTYPE_SPELLINGS[dtype.lower()],
                 backend=self.backend,
             )
-            for name, size, dtype in zip(names, sizes, dtypes)
+            for source, name, size, dtype in zip(sources, self.served_names, sizes, dtypes)
         ]
+
+    @property
+    def limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_embed_inputs=self.max_embed_inputs,
+            max_rerank_docs=self.max_rerank_docs,
+            max_input_chars=self.max_input_chars,
+        )
 
     def export_engine_environment(self) -> None:
         """Set the variables Infinity reads when it is first imported."""
