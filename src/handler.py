@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -19,25 +19,16 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 def main() -> int:
     from embedding_worker.errors import WorkerError
-    from embedding_worker.settings import load_settings
+    from embedding_worker.worker import build_worker
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = load_settings()
-        settings.export_engine_environment()  # before Infinity is first imported
-        from embedding_worker.engines import EngineRegistry
-
-        registry = EngineRegistry.load(settings.models, timeout=settings.request_timeout)
+        worker = build_worker()
     except WorkerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
-    from embedding_worker.job_handler import JobHandler
-    from embedding_worker.service import EmbeddingService
-
-    handler = JobHandler(
-        EmbeddingService(registry), settings.runpod_max_concurrency, settings.limits
-    )
+    handler = worker.handler
     # runpod logs at DEBUG by default, which stringifies every (large) output.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     import runpod
@@ -48,11 +39,11 @@ def main() -> int:
     except SystemExit as done:  # the local test path ends with sys.exit(0 or 1)
         return done.code if isinstance(done.code, int) else 1
     finally:
-        registry.stop_outside_loop()
+        worker.registry.stop_outside_loop()
     return 0
 
 
-def runs_one_local_job(argv: list[str], environ: os._Environ | dict[str, str]) -> bool:
+def runs_one_local_job(argv: list[str], environ: Mapping[str, str]) -> bool:
     """runpod's own rule: off RunPod and not serving an API, it runs one test job and exits."""
     if "--test_input" in argv or any(arg.startswith("--test_input=") for arg in argv):
         return True

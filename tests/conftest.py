@@ -136,16 +136,9 @@ def worker(hub_cache: Path, classifier_path: Path):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MODEL_NAMES", f"{EMBEDDER_ID};{RERANKER_ID};{classifier_path}")
         env.setenv("SERVED_MODEL_NAMES", f"{EMBEDDER_ID};{RERANKER_ID};{CLASSIFIER_NAME}")
-        from embedding_worker.settings import load_settings
+        from embedding_worker.worker import build_worker
 
-        settings = load_settings()
-    settings.export_engine_environment()
-    from embedding_worker.engines import EngineRegistry
-    from embedding_worker.job_handler import JobHandler
-    from embedding_worker.service import EmbeddingService
-
-    registry = EngineRegistry.load(settings.models, timeout=settings.request_timeout)
-    handler = JobHandler(EmbeddingService(registry), 300, settings.limits)
-    running = RunningWorker(handler, registry)
+        built = build_worker()
+    running = RunningWorker(built.handler, built.registry)
     yield running
     running.close()

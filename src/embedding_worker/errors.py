@@ -4,10 +4,15 @@ from __future__ import annotations
 
 
 class WorkerError(Exception):
-    """Base class: `str(err)` is the client-facing message."""
+    """Base class: `str(err)` is the client-facing message.
+
+    `status_code` is what an HTTP front (the local endpoint) answers for it.
+    """
+
+    status_code = 500
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))  # always one line
+        super().__init__(" ".join(message.split())[:2000])  # one line, bounded
 
     @property
     def message(self) -> str:
@@ -25,9 +30,13 @@ class ModelLoadError(WorkerError):
 class InvalidRequest(WorkerError):
     """The job input is malformed; the message names the field."""
 
+    status_code = 400
+
 
 class ModelNotFound(InvalidRequest):
     """The request names a model that is not deployed."""
+
+    status_code = 404
 
 
 class UnsupportedTask(InvalidRequest):
@@ -36,3 +45,9 @@ class UnsupportedTask(InvalidRequest):
 
 class EngineFailure(WorkerError):
     """The engine failed or did not answer in time."""
+
+    status_code = 503
+
+
+class InternalError(WorkerError):
+    """A bug: reported to the client in one line, logged in full."""

@@ -1,20 +1,36 @@
 """The RunPod job handler: job input -> typed request -> service -> job output.
 
-This is the one place where a `WorkerError` becomes the job's error output
-(`{"error": "<one line>"}`, which RunPod reports as a FAILED job).
+`answer` does the work and returns a typed `Answer`; calling the handler (what
+`runpod.serverless.start` does) turns that into the job's output. This is the one place
+where a `WorkerError` becomes the job's error output (`{"error": "<one line>"}`, which
+RunPod reports as a FAILED job).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from embedding_worker.errors import WorkerError
+from embedding_worker.errors import InternalError, WorkerError
 from embedding_worker.job_input import Job, Route, normalize_job_input
 from embedding_worker.schemas import ClassifyRequest, RequestLimits
 from embedding_worker.service import EmbeddingService
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: dict[str, Any] | None = None
+    error: WorkerError | None = None
+    openai: bool = False
+
+    def to_job_output(self) -> dict[str, Any] | list[dict[str, Any]]:
+        if self.error is not None:
+            return {"error": self.error.message}
+        # RunPod's /openai/v1 gateway unwraps a one-element list; standard jobs get the body.
+        return [self.body] if self.openai else self.body
 
 
 class JobHandler:
@@ -26,18 +42,20 @@ class JobHandler:
         self.limits = limits or RequestLimits()
 
     async def __call__(self, job: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+        job_input = job.get("input") if isinstance(job, dict) else None
+        return (await self.answer(job_input)).to_job_output()
+
+    async def answer(self, job_input: Any) -> Answer:
+        openai = False
         try:
-            parsed = normalize_job_input(
-                job.get("input") if isinstance(job, dict) else None, self.limits
-            )
-            body = await self._run(parsed)
+            parsed = normalize_job_input(job_input, self.limits)
+            openai = parsed.openai
+            return Answer(body=await self._run(parsed), openai=openai)
         except WorkerError as err:
-            return {"error": err.message}
+            return Answer(error=err, openai=openai)
         except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not the worker
             log.exception("job failed unexpectedly")
-            return {"error": f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]}
-        # RunPod's /openai/v1 gateway unwraps a one-element list; standard jobs get the body.
-        return [body] if parsed.openai else body
+            return Answer(error=InternalError(f"internal error: {type(exc).__name__}: {exc}"), openai=openai)
 
     async def _run(self, job: Job) -> dict[str, Any]:
         request, route = job.request, job.route

@@ -1,0 +1,160 @@
+"""A local stand-in for `https://api.runpod.ai/v2/<ENDPOINT_ID>`, serving this worker.
+
+Same URL layout and bodies as the deployed endpoint, so client code runs unchanged:
+- RunPod API: `POST /v2/{id}/runsync`, `POST /v2/{id}/run`, `GET /v2/{id}/status/{job}`,
+  `GET /v2/{id}/health`; jobs run through runpod's own `run_job` with the worker's handler.
+- OpenAI gateway: `GET /v2/{id}/openai/v1/models`, `POST /v2/{id}/openai/v1/embeddings`,
+  `.../rerank`, `.../classify`; each becomes an `openai_route` job, as RunPod's gateway
+  does, and a failed one is answered with an OpenAI error body and a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from embedding_worker.errors import WorkerError
+from embedding_worker.job_store import JobStore
+from embedding_worker.worker import Worker
+
+
+class LocalEndpointConfig(BaseModel):
+    api_key: str = ""  # when set, every route but health and docs needs it
+    runsync_wait: float = 90.0  # seconds /runsync waits before answering IN_PROGRESS
+    result_ttl: float = 1800.0  # seconds a finished job stays readable from /status
+    max_jobs: int = 10_000  # finished jobs kept at most
+
+
+def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
+    from runpod.serverless.modules.rp_job import run_job
+
+    state: dict[str, JobStore] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state["jobs"] = JobStore(
+            lambda job: run_job(worker.handler, job),
+            concurrency=worker.settings.runpod_max_concurrency,
+            ttl=config.result_ttl,
+            max_jobs=config.max_jobs,
+        )
+        await worker.registry.start()
+        yield
+        await worker.registry.stop()
+
+    def jobs() -> JobStore:
+        return state["jobs"]
+
+    def authorized(request: Request) -> None:
+        if not config.api_key:
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(given.encode(), config.api_key.encode()):
+            raise HTTPException(401, "Unauthorized: a valid API key is required")
+
+    app = FastAPI(
+        title="Infinity Embedding Worker (local endpoint)",
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
+    )
+    runpod_api = APIRouter(prefix="/v2/{endpoint_id}", dependencies=[Depends(authorized)])
+    openai_api = APIRouter(prefix="/v2/{endpoint_id}/openai/v1", dependencies=[Depends(authorized)])
+
+    @app.get("/v2/{endpoint_id}/health")
+    async def health(endpoint_id: str) -> dict[str, Any]:
+        counts = jobs().counts()
+        busy = counts["inProgress"]
+        return {"jobs": counts, "workers": {"idle": int(busy == 0), "running": int(busy > 0)}}
+
+    @runpod_api.post("/run")
+    async def run(endpoint_id: str, request: Request) -> dict[str, Any]:
+        job = jobs().submit(await _job_input(request))
+        return {"id": job.id, "status": job.status}
+
+    @runpod_api.post("/runsync")
+    async def runsync(endpoint_id: str, request: Request) -> dict[str, Any]:
+        job = jobs().submit(await _job_input(request))
+        try:
+            await asyncio.wait_for(asyncio.shield(job.done.wait()), config.runsync_wait)
+        except TimeoutError:
+            pass  # like RunPod: answer with the status; the client polls /status
+        return job.to_api()
+
+    @runpod_api.get("/status/{job_id}")
+    async def status(endpoint_id: str, job_id: str) -> dict[str, Any]:
+        job = jobs().get(job_id)
+        if job is None:
+            raise HTTPException(404, f"job {job_id!r} does not exist or has expired")
+        return job.to_api()
+
+    async def openai_job(route: str, body: Any = None) -> JSONResponse:
+        job_input: dict[str, Any] = {"openai_route": route}
+        if body is not None:
+            job_input["openai_input"] = body
+        answer = await jobs().run_exclusive(worker.handler.answer(job_input))
+        if answer.error is not None:
+            return _openai_error(answer.error)
+        return JSONResponse(answer.body)
+
+    @openai_api.get("/models")
+    async def models(endpoint_id: str) -> JSONResponse:
+        return await openai_job("/v1/models")
+
+    def forward_to(route: str):
+        async def call(endpoint_id: str, request: Request) -> JSONResponse:
+            return await openai_job(route, await _json_body(request))
+
+        return call
+
+    for route in ("/v1/embeddings", "/v1/rerank", "/v1/classify"):
+        openai_api.add_api_route(route.removeprefix("/v1"), forward_to(route), methods=["POST"])
+
+    app.include_router(runpod_api)
+    app.include_router(openai_api)
+    return app
+
+
+async def _json_body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise HTTPException(400, "the request body is not valid JSON") from None
+
+
+async def _job_input(request: Request) -> Any:
+    body = await _json_body(request)
+    if not isinstance(body, dict) or "input" not in body:
+        raise HTTPException(400, 'the request body must be a JSON object with an "input" field')
+    return body["input"]
+
+
+def _openai_error(error: WorkerError) -> JSONResponse:
+    field, _, _ = error.message.partition(":")
+    return JSONResponse(
+        {
+            "error": {
+                "message": error.message,
+                "type": "invalid_request_error" if error.status_code < 500 else "server_error",
+                "param": field if field.isidentifier() else None,
+                "code": "model_not_found" if error.status_code == 404 else None,
+            }
+        },
+        status_code=error.status_code,
+    )
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    if "/openai/" in request.url.path:  # what the OpenAI SDK reads
+        body: dict[str, Any] = {
+            "error": {"message": exc.detail, "type": "invalid_request_error", "param": None, "code": None}
+        }
+    else:
+        body = {"error": exc.detail}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+

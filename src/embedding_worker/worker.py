@@ -1,0 +1,30 @@
+"""Build the worker from the environment: settings -> engines -> service -> handler.
+
+Both entry points (`src/handler.py` for RunPod, `src/local_endpoint.py` for local use)
+call `build_worker`, so they serve with the very same handler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embedding_worker.engines import EngineRegistry
+from embedding_worker.job_handler import JobHandler
+from embedding_worker.service import EmbeddingService
+from embedding_worker.settings import WorkerSettings, load_settings
+
+
+@dataclass(frozen=True)
+class Worker:
+    settings: WorkerSettings
+    registry: EngineRegistry
+    handler: JobHandler
+
+
+def build_worker() -> Worker:
+    """Read settings and load every model; raise `WorkerError` (one line) on failure."""
+    settings = load_settings()
+    settings.export_engine_environment()  # before Infinity is first imported
+    registry = EngineRegistry.load(settings.models, timeout=settings.request_timeout)
+    handler = JobHandler(EmbeddingService(registry), settings.runpod_max_concurrency, settings.limits)
+    return Worker(settings, registry, handler)

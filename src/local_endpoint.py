@@ -1,0 +1,49 @@
+"""Serve the worker on localhost with RunPod's URL layout (see README, "Use it from your code").
+
+    python src/local_endpoint.py [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+
+Models and settings come from the same environment variables as on RunPod. Every flag
+can also be set by environment: LOCAL_HOST, LOCAL_PORT, LOCAL_API_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Serve the worker like a RunPod endpoint, locally.")
+    parser.add_argument("--host", default=os.environ.get("LOCAL_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LOCAL_PORT", "8000")))
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("LOCAL_API_KEY", ""),
+        help="require this key (Authorization: Bearer KEY), as RunPod's API keys do",
+    )
+    args = parser.parse_args()
+
+    from embedding_worker.errors import WorkerError
+    from embedding_worker.worker import build_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        worker = build_worker()
+    except WorkerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+    import uvicorn
+
+    from embedding_worker.local_endpoint import LocalEndpointConfig, create_app
+
+    app = create_app(worker, LocalEndpointConfig(api_key=args.api_key))
+    print(f"serving on http://{args.host}:{args.port}/v2/<any endpoint id>", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The local endpoint: the exact client code users ship runs against it unchanged.
+
+The server is started as users start it (`python src/local_endpoint.py`), with the
+bundled embedder and the tiny reranker loaded by hub id from the test cache.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import EMBEDDER_ID, RERANKER_ID, ROOT
+
+API_KEY = "local-test-key"
+TEXTS = ["Hello, world!", "The quick brown fox jumps over the lazy dog."]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint(hub_cache):
+    """Base URL `http://127.0.0.1:<port>/v2/local` of a running local endpoint."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "src/local_endpoint.py", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "MODEL_NAMES": f"{EMBEDDER_ID};{RERANKER_ID}", "LOCAL_API_KEY": API_KEY},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}/v2/local"
+    deadline = time.time() + 180
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            pytest.fail(f"local endpoint did not start: {server.stderr.read()[-2000:]}")
+        time.sleep(0.3)
+    yield base
+    server.terminate()
+    server.wait(30)
+
+
+@pytest.fixture
+def openai_client(endpoint):
+    import openai
+
+    return openai.OpenAI(base_url=f"{endpoint}/openai/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture
+def runpod_endpoint(endpoint, monkeypatch):
+    import runpod
+
+    base = endpoint.removesuffix("/local")
+    monkeypatch.setenv("RUNPOD_ENDPOINT_BASE_URL", base)
+    monkeypatch.setattr(runpod, "endpoint_url_base", base)  # read once, at import
+    monkeypatch.setattr(runpod, "api_key", API_KEY)
+    return runpod.Endpoint("local")
+
+
+def expected(sentence_transformer, texts):
+    return sentence_transformer.encode(texts, normalize_embeddings=True)
+
+
+# --- OpenAI SDK --------------------------------------------------------------------------
+
+
+def test_openai_sdk_default_base64(openai_client, sentence_transformer):
+    response = openai_client.embeddings.create(model=EMBEDDER_ID, input=TEXTS)
+    got = np.array([item.embedding for item in response.data])
+    assert np.abs(got - expected(sentence_transformer, TEXTS)).max() <= 1e-5
+    assert response.model == EMBEDDER_ID and response.usage.total_tokens > 0
+
+
+def test_openai_sdk_float(openai_client, sentence_transformer):
+    response = openai_client.embeddings.create(model=EMBEDDER_ID, input=TEXTS[0], encoding_format="float")
+    assert np.abs(np.array(response.data[0].embedding) - expected(sentence_transformer, TEXTS[:1])[0]).max() <= 1e-5
+
+
+def test_openai_sdk_dimensions(openai_client):
+    response = openai_client.embeddings.create(model=EMBEDDER_ID, input=TEXTS, dimensions=32)
+    vectors = np.array([item.embedding for item in response.data])
+    assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_openai_sdk_lists_the_models(openai_client):
+    assert [model.id for model in openai_client.models.list()] == [EMBEDDER_ID, RERANKER_ID]
+
+
+def test_openai_sdk_unknown_model_raises_with_the_workers_message(openai_client):
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as raised:
+        openai_client.embeddings.create(model="not/deployed", input="x")
+    assert raised.value.status_code == 404
+    assert f"model: 'not/deployed' is not deployed; deployed: {EMBEDDER_ID}, {RERANKER_ID}" in str(raised.value)
+    assert raised.value.code == "model_not_found"
+
+
+def test_openai_sdk_bad_input_raises_bad_request(openai_client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as raised:
+        openai_client.embeddings.create(model=EMBEDDER_ID, input=[], encoding_format="float")
+    assert "input: must not be an empty list" in str(raised.value)
+    assert raised.value.param == "input"
+
+
+def test_openai_sdk_wrong_api_key_is_refused(endpoint):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{endpoint}/openai/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
+
+
+def test_rerank_through_the_openai_base_url(endpoint, cross_encoder):
+    docs = ["Paris is in France", "Rome is in Italy", "Paris"]
+    reply = httpx.post(
+        f"{endpoint}/openai/v1/rerank",
+        json={"model": RERANKER_ID, "query": "Where is Paris?", "documents": docs, "top_n": 2},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert reply.status_code == 200
+    scores = cross_encoder.predict([("Where is Paris?", d) for d in docs])
+    assert [r["index"] for r in reply.json()["results"]] == list(np.argsort(-scores)[:2])
+
+
+# --- runpod SDK --------------------------------------------------------------------------
+
+
+def test_runpod_sdk_run_sync(runpod_endpoint, sentence_transformer):
+    output = runpod_endpoint.run_sync({"input": {"model": EMBEDDER_ID, "input": TEXTS}}, timeout=120)
+    got = np.array([item["embedding"] for item in output["data"]])
+    assert np.abs(got - expected(sentence_transformer, TEXTS)).max() <= 1e-5
+
+
+def test_runpod_sdk_run_then_status_and_output(runpod_endpoint):
+    job = runpod_endpoint.run({"input": {"model": RERANKER_ID, "query": "q", "docs": ["a", "b"]}})
+    output = job.output(timeout=60)
+    assert job.status() == "COMPLETED"
+    assert sorted(r["index"] for r in output["results"]) == [0, 1]
+
+
+def test_a_failed_job_reports_failed_with_the_message(endpoint):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    body = httpx.post(f"{endpoint}/runsync", json={"input": {"model": "x/y", "input": "a"}}, headers=headers).json()
+    assert body["status"] == "FAILED"
+    assert body["error"].startswith("model: 'x/y' is not deployed")
+    assert body["id"].startswith("local-") and body["executionTime"] >= 0 and body["delayTime"] >= 0
+
+
+def test_runpod_api_wrong_key_gets_401_and_health_stays_open(endpoint):
+    reply = httpx.post(f"{endpoint}/runsync", json={"input": {}}, headers={"Authorization": "Bearer nope"})
+    assert reply.status_code == 401
+    assert httpx.post(f"{endpoint}/run", json={"input": {}}).status_code == 401
+    health = httpx.get(f"{endpoint}/health")
+    assert health.status_code == 200 and set(health.json()["jobs"]) >= {"completed", "failed", "inQueue"}
+
+
+def test_unknown_job_and_malformed_bodies(endpoint):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    assert httpx.get(f"{endpoint}/status/nope", headers=headers).status_code == 404
+    assert httpx.post(f"{endpoint}/runsync", content=b"{", headers=headers).status_code == 400
+    assert httpx.post(f"{endpoint}/runsync", json={"no": "input"}, headers=headers).status_code == 400
+
+
+def test_concurrent_run_jobs_are_each_answered_once(endpoint, sentence_transformer):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    texts = [f"text number {i}" for i in range(24)]
+    with httpx.Client(headers=headers, timeout=60) as client:
+        ids = [client.post(f"{endpoint}/run", json={"input": {"model": EMBEDDER_ID, "input": t}}).json()["id"]
+               for t in texts]
+        assert len(set(ids)) == len(ids)
+        outputs = {}
+        deadline = time.time() + 120
+        while len(outputs) < len(ids) and time.time() < deadline:
+            for job_id, text in zip(ids, texts):
+                if job_id not in outputs:
+                    state = client.get(f"{endpoint}/status/{job_id}").json()
+                    if state["status"] == "COMPLETED":
+                        outputs[job_id] = state["output"]
+            time.sleep(0.2)
+    got = np.array([outputs[i]["data"][0]["embedding"] for i in ids])
+    assert np.abs(got - expected(sentence_transformer, texts)).max() <= 1e-5
+
+
+# --- LangChain ---------------------------------------------------------------------------
+
+
+def test_langchain_openai_embeddings(endpoint, sentence_transformer):
+    from langchain_openai import OpenAIEmbeddings
+
+    embeddings = OpenAIEmbeddings(
+        base_url=f"{endpoint}/openai/v1", api_key=API_KEY, model=EMBEDDER_ID,
+        check_embedding_ctx_length=False, max_retries=0,
+    )
+    documents = embeddings.embed_documents(TEXTS)
+    query = embeddings.embed_query("Hello, world!")
+    assert np.abs(np.array(documents) - expected(sentence_transformer, TEXTS)).max() <= 1e-5
+    assert np.abs(np.array(query) - expected(sentence_transformer, TEXTS[:1])[0]).max() <= 1e-5
+
+
+# --- the README's snippets, as written ----------------------------------------------------
+
+README = (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["openai", "runpod", "langchain"])
+def test_readme_snippet_runs_against_the_local_endpoint(endpoint, name):
+    import re
+
+    code = re.search(rf"<!-- snippet: {name} -->\s*```python\n(.*?)```", README, re.S).group(1)
+    code = code.replace("http://127.0.0.1:8000", endpoint.removesuffix("/v2/local"))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "RUNPOD_API_KEY": API_KEY},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    comments = re.findall(r"print\(.*\)\s+# (.+)", code)
+    printed = done.stdout.strip().splitlines()
+    assert len(printed) == len(comments)
+    for line, comment in zip(printed, comments):
+        if "or later" not in comment:
+            assert line == comment
