@@ -90,14 +90,10 @@ async def load(port: int, requests: int, concurrency: int, batch: int) -> dict:
 async def in_process(requests: int, concurrency: int, batch: int) -> dict:
     sys.path.insert(0, str(ROOT / "src"))
     os.environ.update({k: v for k, v in ENV.items() if k.startswith(("HF_", "MODEL_"))})
-    from embedding_worker.engines import EngineRegistry
     from embedding_worker.schemas import EmbeddingRequest
-    from embedding_worker.service import EmbeddingService
-    from embedding_worker.settings import load_settings
+    from embedding_worker.worker import build_worker
 
-    settings = load_settings()
-    settings.export_engine_environment()
-    service = EmbeddingService(EngineRegistry.load(settings.models, settings.request_timeout))
+    service = build_worker().handler.service
     texts = corpus(requests * batch)
     gate = asyncio.Semaphore(concurrency)
 

@@ -25,7 +25,7 @@ def settings_defaults() -> dict[str, object]:
 def test_every_setting_is_in_the_readme_with_its_default():
     for variable, default in settings_defaults().items():
         assert variable in README_ENV, variable
-        if variable not in ("MODEL_NAMES", "SERVED_MODEL_NAMES"):
+        if variable not in ("MODEL_NAMES", "SERVED_MODEL_NAMES", "MODEL_REVISIONS"):
             documented = README_ENV[variable].strip("`")
             assert documented == (f"{default:g}" if isinstance(default, float) else str(default))
 
@@ -38,6 +38,6 @@ def test_every_setting_is_in_hub_json_with_its_default():
 
 
 def test_documents_nothing_the_worker_does_not_read():
-    read = set(settings_defaults()) | {"RUNPOD_LOG_LEVEL"}
+    read = set(settings_defaults()) | {"RUNPOD_LOG_LEVEL", "HF_TOKEN"}
     assert set(HUB_ENV) == read
     assert set(README_ENV) == read

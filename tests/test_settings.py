@@ -9,7 +9,8 @@ from embedding_worker.settings import load_settings
 
 VARIABLES = ["MODEL_NAMES", "SERVED_MODEL_NAMES", "BATCH_SIZES", "DTYPES", "BACKEND",
              "INFINITY_QUEUE_SIZE", "RUNPOD_MAX_CONCURRENCY", "REQUEST_TIMEOUT",
-             "MAX_EMBED_INPUTS", "MAX_RERANK_DOCS", "MAX_INPUT_CHARS"]
+             "MAX_EMBED_INPUTS", "MAX_RERANK_DOCS", "MAX_INPUT_CHARS", "MODEL_REVISIONS",
+             "BAKED_HF_CACHE", "RUNPOD_VOLUME_DIR"]
 
 
 @pytest.fixture
@@ -36,7 +37,8 @@ def failure(env, **variables) -> str:
 def test_defaults(env):
     settings = settings_from(env, MODEL_NAMES="a/b")
     assert [m.model_dump() for m in settings.models] == [
-        {"source": "a/b", "name": "a/b", "batch_size": 32, "dtype": "auto", "backend": "torch"}
+        {"source": "a/b", "name": "a/b", "revision": None, "batch_size": 32, "dtype": "auto",
+         "backend": "torch"}
     ]
     assert settings.infinity_queue_size == 48000
     assert settings.runpod_max_concurrency == 300
@@ -48,6 +50,11 @@ def test_defaults(env):
 def test_served_model_names_alias_each_model(env):
     settings = settings_from(env, MODEL_NAMES="/models/bge;org/reranker", SERVED_MODEL_NAMES="bge;rr")
     assert [(m.source, m.name) for m in settings.models] == [("/models/bge", "bge"), ("org/reranker", "rr")]
+
+
+def test_model_revisions_align_with_models(env):
+    settings = settings_from(env, MODEL_NAMES="a/b;c/d", MODEL_REVISIONS="v1.0;0123abcd")
+    assert [(m.source, m.revision) for m in settings.models] == [("a/b", "v1.0"), ("c/d", "0123abcd")]
 
 
 def test_limits_are_configurable(env):
@@ -91,6 +98,7 @@ CASES = {
     "queue size not a number": ({"INFINITY_QUEUE_SIZE": "lots"}, "INFINITY_QUEUE_SIZE: 'lots': Input should be a valid integer"),
     "queue size zero": ({"INFINITY_QUEUE_SIZE": "0"}, "INFINITY_QUEUE_SIZE: 0 is not positive"),
     "aliases of the wrong count": ({"SERVED_MODEL_NAMES": "x"}, "SERVED_MODEL_NAMES: 1 names for 2 models ('x')"),
+    "revisions of the wrong count": ({"MODEL_REVISIONS": "main"}, "MODEL_REVISIONS: 1 revisions for 2 models ('main')"),
     "duplicate aliases": ({"SERVED_MODEL_NAMES": "x;x"}, "served model names must be unique; repeated: x"),
     "duplicate models": ({"MODEL_NAMES": "a/b;a/b"}, "served model names must be unique; repeated: a/b"),
     "limit not positive": ({"MAX_EMBED_INPUTS": "0"}, "MAX_EMBED_INPUTS: 0 is not positive"),

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from embedding_worker.errors import EngineFailure, ModelLoadError, ModelNotFound, UnsupportedTask
-from embedding_worker.settings import ModelSpec
+from embedding_worker.model_sources import ModelLocations, ensure_onnx, resolve_model
+from embedding_worker.settings import Backend, ModelSpec
 
 if TYPE_CHECKING:
     from infinity_emb import AsyncEmbeddingEngine, AsyncEngineArray
@@ -60,9 +61,11 @@ class EngineRegistry:
         self._started = False
 
     @classmethod
-    def load(cls, specs: list[ModelSpec], timeout: float) -> EngineRegistry:
-        """Load every model; raise `ModelLoadError` naming the first one that fails."""
-        return cls([_load(spec) for spec in specs], timeout)
+    def load(
+        cls, specs: list[ModelSpec], locations: ModelLocations, timeout: float
+    ) -> EngineRegistry:
+        """Find and load every model; raise `ModelLoadError` naming the first that fails."""
+        return cls([_load(spec, locations) for spec in specs], timeout)
 
     @property
     def models(self) -> list[DeployedModel]:
@@ -107,14 +110,18 @@ class EngineRegistry:
             ) from None
 
 
-def _load(spec: ModelSpec) -> DeployedModel:
+def _load(spec: ModelSpec, locations: ModelLocations) -> DeployedModel:
     from infinity_emb import AsyncEmbeddingEngine, EngineArgs
 
     started = time.perf_counter()
+    onnx = spec.backend is Backend.optimum
+    found = resolve_model(spec.source, spec.revision, locations, onnx=onnx)
     try:
+        if onnx:
+            ensure_onnx(found.path)
         engine = AsyncEmbeddingEngine.from_args(
             EngineArgs(
-                model_name_or_path=spec.source,
+                model_name_or_path=str(found.path),
                 served_model_name=spec.name,
                 batch_size=spec.batch_size,
                 engine=spec.backend.value,
@@ -127,8 +134,10 @@ def _load(spec: ModelSpec) -> DeployedModel:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"could not load model {spec.source!r}: {reason}") from exc
     log.info(
-        "loaded model %r as %r (%s, %s, batch size %d) in %.1f s",
+        "model %r: %s (%s); serving as %r (%s, %s, batch size %d); loaded in %.1f s",
         spec.source,
+        found.source.value,
+        found.path,
         spec.name,
         spec.backend.value,
         spec.dtype,

@@ -41,6 +41,7 @@ class ModelSpec(BaseModel):
 
     source: str  # hub id or local path, as written in MODEL_NAMES
     name: str  # what clients call it: SERVED_MODEL_NAMES, else `source`
+    revision: str | None = None  # MODEL_REVISIONS; None: the hub's default branch
     batch_size: int
     dtype: str  # an Infinity `Dtype` name
     backend: Backend
@@ -57,6 +58,7 @@ class WorkerSettings(BaseSettings):
 
     model_names: str
     served_model_names: str = ""
+    model_revisions: str = ""
     batch_sizes: str = "32"
     dtypes: str = "auto"
     backend: Backend = Backend.torch
@@ -66,6 +68,8 @@ class WorkerSettings(BaseSettings):
     max_embed_inputs: int = 2048
     max_rerank_docs: int = 1000
     max_input_chars: int = 100_000
+    baked_hf_cache: str = "/opt/models/hub"
+    runpod_volume_dir: str = "/runpod-volume"
 
     @field_validator("model_names")
     @classmethod
@@ -115,6 +119,12 @@ class WorkerSettings(BaseSettings):
             )
             if len(values) not in (1, count)
         ]
+        revisions = _split(self.model_revisions)
+        if revisions and len(revisions) != count:
+            problems.append(
+                f"MODEL_REVISIONS: {len(revisions)} revisions for {count} models "
+                f"({self.model_revisions!r}); give one per model, in MODEL_NAMES order"
+            )
         aliases = _split(self.served_model_names)
         if aliases and len(aliases) != count:
             problems.append(
@@ -136,15 +146,19 @@ class WorkerSettings(BaseSettings):
         sources = _split(self.model_names)
         sizes = _per_model(_split(self.batch_sizes), len(sources))
         dtypes = _per_model(_split(self.dtypes), len(sources))
+        revisions = _split(self.model_revisions) or [None] * len(sources)
         return [
             ModelSpec(
                 source=source,
                 name=name,
+                revision=revision,
                 batch_size=int(size),
                 dtype=DTYPE_SPELLINGS[dtype.lower()],
                 backend=self.backend,
             )
-            for source, name, size, dtype in zip(sources, self.served_names, sizes, dtypes)
+            for source, name, revision, size, dtype in zip(
+                sources, self.served_names, revisions, sizes, dtypes
+            )
         ]
 
     @property

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from embedding_worker.engines import EngineRegistry
 from embedding_worker.job_handler import JobHandler
+from embedding_worker.model_sources import ModelLocations
 from embedding_worker.service import EmbeddingService
 from embedding_worker.settings import WorkerSettings, load_settings
 
@@ -25,6 +26,7 @@ def build_worker() -> Worker:
     """Read settings and load every model; raise `WorkerError` (one line) on failure."""
     settings = load_settings()
     settings.export_engine_environment()  # before Infinity is first imported
-    registry = EngineRegistry.load(settings.models, timeout=settings.request_timeout)
+    locations = ModelLocations.of(settings.baked_hf_cache, settings.runpod_volume_dir)
+    registry = EngineRegistry.load(settings.models, locations, timeout=settings.request_timeout)
     handler = JobHandler(EmbeddingService(registry), settings.runpod_max_concurrency, settings.limits)
     return Worker(settings, registry, handler)
