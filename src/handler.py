@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,9 +18,9 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 def main() -> int:
     from embedding_worker.errors import WorkerError
-    from embedding_worker.worker import build_worker
+    from embedding_worker.worker import build_worker, configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         worker = build_worker()
     except WorkerError as err:

@@ -9,7 +9,6 @@ can also be set by environment: LOCAL_HOST, LOCAL_PORT, LOCAL_API_KEY.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -26,9 +25,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from embedding_worker.errors import WorkerError
-    from embedding_worker.worker import build_worker
+    from embedding_worker.worker import build_worker, configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         worker = build_worker()
     except WorkerError as err:

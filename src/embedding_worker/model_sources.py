@@ -12,9 +12,11 @@ A local folder is used as it is. Whatever is found is loaded from its folder, of
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -127,5 +129,39 @@ def ensure_onnx(path: Path) -> Path:
     classifies = any("SequenceClassification" in a for a in config.get("architectures", []))
     task = "text-classification" if classifies else "feature-extraction"
     log.info("exporting %s to ONNX (%s), once", path, task)
-    main_export(str(path), output=path / "onnx", task=task, do_validation=False)
+    # The plain transformer: Infinity pools `last_hidden_state` itself.
+    main_export(str(path), output=path / "onnx", task=task, library_name="transformers", do_validation=False)
     return path
+
+
+def lay_into_cache(
+    folder: Path, repo_id: str, cache: Path, commit: str | None = None, ref: str = "main"
+) -> Path:
+    """Copy a model folder into `cache` in the hub client's layout; return the snapshot.
+
+    `<cache>/models--org--name/snapshots/<commit>/...` plus `refs/<ref>`, so the model loads
+    by its hub id offline. Without a commit, one is derived from the folder's contents.
+    """
+    if repo_id.count("/") != 1:
+        raise ValueError(f"repo id must look like 'org/name', got {repo_id!r}")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} is not a model folder (no config.json)")
+    commit = commit or _content_hash(folder)
+    repo_dir = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / commit
+    if not snapshot.is_dir():
+        partial = snapshot.with_name(commit + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(folder, partial, ignore=shutil.ignore_patterns(".git*", "__pycache__"))
+        partial.rename(snapshot)
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / ref).write_text(commit)
+    return snapshot
+
+
+def _content_hash(folder: Path) -> str:
+    digest = hashlib.sha1()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -6,6 +6,8 @@ call `build_worker`, so they serve with the very same handler.
 
 from __future__ import annotations
 
+import logging
+import sys
 from dataclasses import dataclass
 
 from embedding_worker.engines import EngineRegistry
@@ -20,6 +22,16 @@ class Worker:
     settings: WorkerSettings
     registry: EngineRegistry
     handler: JobHandler
+
+
+def configure_logging() -> None:
+    """One plain line per message for the worker's own log (Infinity's handler wraps lines)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("embedding_worker")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def build_worker() -> Worker:

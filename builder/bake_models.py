@@ -1,0 +1,77 @@
+"""Bake models into the image's Hugging Face cache at build time, so start-up downloads nothing.
+
+Reads the same variables as the worker (passed as build arguments):
+MODEL_NAMES, MODEL_REVISIONS, BACKEND, and writes to BAKED_HF_CACHE (/opt/models/hub).
+Hub ids are downloaded with `huggingface_hub.snapshot_download` (HF_TOKEN, or the build
+secret /run/secrets/hf_token, for gated models); with HF_HUB_OFFLINE=1 they are copied
+from the local Hugging Face cache (HF_HUB_CACHE) instead. With BACKEND=optimum, a model
+that ships no ONNX file gets one exported now.
+
+    MODEL_NAMES="BAAI/bge-small-en-v1.5;BAAI/bge-reranker-base" python builder/bake_models.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from embedding_worker.errors import ModelLoadError  # noqa: E402
+from embedding_worker.model_sources import (  # noqa: E402
+    cached_snapshot,
+    download,
+    ensure_onnx,
+    lay_into_cache,
+)
+
+TOKEN_SECRET = Path("/run/secrets/hf_token")
+
+
+def split(value: str) -> list[str]:
+    return [item.strip() for item in value.split(";") if item.strip()]
+
+
+def bake(repo_id: str, revision: str | None, target: Path, onnx: bool) -> Path:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from huggingface_hub import constants
+
+        local = cached_snapshot(repo_id, revision, Path(constants.HF_HUB_CACHE))
+        if local is None:
+            raise ModelLoadError(f"{repo_id}: offline, and not in the local cache {constants.HF_HUB_CACHE}")
+        snapshot = lay_into_cache(local, repo_id, target, commit=local.name, ref=revision or "main")
+    else:
+        snapshot = download(repo_id, revision, target, onnx=onnx)
+    if onnx:
+        ensure_onnx(snapshot)
+    return snapshot
+
+
+def main() -> int:
+    names = split(os.environ.get("MODEL_NAMES", ""))
+    if not names:
+        print("bake: MODEL_NAMES is empty; the image stays generic")
+        return 0
+    revisions = split(os.environ.get("MODEL_REVISIONS", "")) or [None] * len(names)
+    if len(revisions) != len(names):
+        print("bake: MODEL_REVISIONS needs one revision per model in MODEL_NAMES", file=sys.stderr)
+        return 1
+    if not os.environ.get("HF_TOKEN") and TOKEN_SECRET.is_file():
+        os.environ["HF_TOKEN"] = TOKEN_SECRET.read_text().strip()
+    target = Path(os.environ.get("BAKED_HF_CACHE", "/opt/models/hub"))
+    onnx = os.environ.get("BACKEND", "torch").strip().lower() == "optimum"
+    for name, revision in zip(names, revisions):
+        started = time.perf_counter()
+        try:
+            snapshot = bake(name, revision, target, onnx)
+        except (ModelLoadError, ValueError, OSError) as err:
+            print(f"bake: {err}", file=sys.stderr)
+            return 1
+        print(f"bake: {name} -> {snapshot} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
