@@ -24,14 +24,10 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from embedding_worker.errors import WorkerError
-    from embedding_worker.worker import build_worker, configure_logging
+    from embedding_worker.worker import start_worker
 
-    configure_logging()
-    try:
-        worker = build_worker()
-    except WorkerError as err:
-        print(f"error: {err}", file=sys.stderr)
+    worker = start_worker()
+    if worker is None:
         return 1
 
     import uvicorn

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from embedding_worker.engines import EngineRegistry
+from embedding_worker.errors import WorkerError
 from embedding_worker.job_handler import JobHandler
 from embedding_worker.model_sources import ModelLocations
 from embedding_worker.service import EmbeddingService
@@ -42,3 +43,13 @@ def build_worker() -> Worker:
     registry = EngineRegistry.load(settings.models, locations, timeout=settings.request_timeout)
     handler = JobHandler(EmbeddingService(registry), settings.runpod_max_concurrency, settings.limits)
     return Worker(settings, registry, handler)
+
+
+def start_worker() -> Worker | None:
+    """For the entry points: log setup, then `build_worker`; on failure, print one line."""
+    configure_logging()
+    try:
+        return build_worker()
+    except WorkerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None
