@@ -1,11 +1,11 @@
 """Bake models into the image's Hugging Face cache at build time, so start-up downloads nothing.
 
 Reads the same variables as the worker (passed as build arguments):
-MODEL_NAMES, MODEL_REVISIONS, BACKEND, and writes to BAKED_HF_CACHE (/opt/models/hub).
+MODEL_NAMES, MODEL_REVISIONS, BACKEND, ONNX_QUANTIZED, and writes to BAKED_HF_CACHE (/opt/models/hub).
 Hub ids are downloaded with `huggingface_hub.snapshot_download` (HF_TOKEN, or the build
 secret /run/secrets/hf_token, for gated models); with HF_HUB_OFFLINE=1 they are copied
 from the local Hugging Face cache (HF_HUB_CACHE) instead. With BACKEND=optimum, a model
-that ships no ONNX file gets one exported now.
+that ships no ONNX file gets one exported now (and an int8 one with ONNX_QUANTIZED).
 
     MODEL_NAMES="BAAI/bge-small-en-v1.5;BAAI/bge-reranker-base" python builder/bake_models.py
 """
@@ -20,12 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from embedding_worker.errors import ModelLoadError  # noqa: E402
-from embedding_worker.model_sources import (  # noqa: E402
-    cached_snapshot,
-    download,
-    ensure_onnx,
-    lay_into_cache,
-)
+from embedding_worker.model_sources import cached_snapshot, download, lay_into_cache  # noqa: E402
+from embedding_worker.onnx_support import ensure_onnx  # noqa: E402
 
 TOKEN_SECRET = Path("/run/secrets/hf_token")
 
@@ -34,7 +30,7 @@ def split(value: str) -> list[str]:
     return [item.strip() for item in value.split(";") if item.strip()]
 
 
-def bake(repo_id: str, revision: str | None, target: Path, onnx: bool) -> Path:
+def bake(repo_id: str, revision: str | None, target: Path, onnx: bool, quantized: bool = False) -> Path:
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         from huggingface_hub import constants
 
@@ -45,7 +41,7 @@ def bake(repo_id: str, revision: str | None, target: Path, onnx: bool) -> Path:
     else:
         snapshot = download(repo_id, revision, target, onnx=onnx)
     if onnx:
-        ensure_onnx(snapshot)
+        ensure_onnx(snapshot, target.parent, quantized=quantized)
     return snapshot
 
 
@@ -62,10 +58,11 @@ def main() -> int:
         os.environ["HF_TOKEN"] = TOKEN_SECRET.read_text().strip()
     target = Path(os.environ.get("BAKED_HF_CACHE", "/opt/models/hub"))
     onnx = os.environ.get("BACKEND", "torch").strip().lower() == "optimum"
+    quantized = os.environ.get("ONNX_QUANTIZED", "").strip().lower() in ("1", "true", "yes")
     for name, revision in zip(names, revisions):
         started = time.perf_counter()
         try:
-            snapshot = bake(name, revision, target, onnx)
+            snapshot = bake(name, revision, target, onnx, quantized)
         except (ModelLoadError, ValueError, OSError) as err:
             print(f"bake: {err}", file=sys.stderr)
             return 1

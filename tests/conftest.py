@@ -130,15 +130,23 @@ class RunningWorker:
         self._thread.join(10)
 
 
-@pytest.fixture(scope="session")
-def worker(hub_cache: Path, classifier_path: Path):
-    """Three models: two by hub id from the cache, a classifier by local path under an alias."""
+def start_worker(**variables: str) -> RunningWorker:
+    """Build the worker from these environment variables, as the entry points do."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("MODEL_NAMES", f"{EMBEDDER_ID};{RERANKER_ID};{classifier_path}")
-        env.setenv("SERVED_MODEL_NAMES", f"{EMBEDDER_ID};{RERANKER_ID};{CLASSIFIER_NAME}")
+        for name, value in variables.items():
+            env.setenv(name, value)
         from embedding_worker.worker import build_worker
 
         built = build_worker()
-    running = RunningWorker(built.handler, built.registry)
+    return RunningWorker(built.handler, built.registry)
+
+
+@pytest.fixture(scope="session")
+def worker(hub_cache: Path, classifier_path: Path):
+    """Three models: two by hub id from the cache, a classifier by local path under an alias."""
+    running = start_worker(
+        MODEL_NAMES=f"{EMBEDDER_ID};{RERANKER_ID};{classifier_path}",
+        SERVED_MODEL_NAMES=f"{EMBEDDER_ID};{RERANKER_ID};{CLASSIFIER_NAME}",
+    )
     yield running
     running.close()

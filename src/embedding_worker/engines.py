@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from embedding_worker.errors import EngineFailure, ModelLoadError, ModelNotFound, UnsupportedTask
-from embedding_worker.model_sources import ModelLocations, ensure_onnx, resolve_model
+from embedding_worker.model_sources import ModelLocations, resolve_model
+from embedding_worker.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
 from embedding_worker.settings import Backend, ModelSpec
 
 if TYPE_CHECKING:
@@ -62,10 +63,14 @@ class EngineRegistry:
 
     @classmethod
     def load(
-        cls, specs: list[ModelSpec], locations: ModelLocations, timeout: float
+        cls,
+        specs: list[ModelSpec],
+        locations: ModelLocations,
+        timeout: float,
+        onnx_quantized: bool = False,
     ) -> EngineRegistry:
         """Find and load every model; raise `ModelLoadError` naming the first that fails."""
-        return cls([_load(spec, locations) for spec in specs], timeout)
+        return cls([_load(spec, locations, onnx_quantized) for spec in specs], timeout)
 
     @property
     def models(self) -> list[DeployedModel]:
@@ -110,18 +115,22 @@ class EngineRegistry:
             ) from None
 
 
-def _load(spec: ModelSpec, locations: ModelLocations) -> DeployedModel:
+def _load(spec: ModelSpec, locations: ModelLocations, onnx_quantized: bool) -> DeployedModel:
     from infinity_emb import AsyncEmbeddingEngine, EngineArgs
 
     started = time.perf_counter()
     onnx = spec.backend is Backend.optimum
     found = resolve_model(spec.source, spec.revision, locations, onnx=onnx)
+    path = found.path
     try:
         if onnx:
-            ensure_onnx(found.path)
+            fix_infinity_onnx_lookup()
+            path = ensure_onnx(path, locations.download_cache.parent, quantized=onnx_quantized)
         engine = AsyncEmbeddingEngine.from_args(
             EngineArgs(
-                model_name_or_path=str(found.path),
+                model_name_or_path=str(path),
+                pooling_method=pooling_method(path),
+                onnx_do_not_prefer_quantized=not onnx_quantized,
                 served_model_name=spec.name,
                 batch_size=spec.batch_size,
                 engine=spec.backend.value,
@@ -137,7 +146,7 @@ def _load(spec: ModelSpec, locations: ModelLocations) -> DeployedModel:
         "model %r: %s (%s); serving as %r (%s, %s, batch size %d); loaded in %.1f s",
         spec.source,
         found.source.value,
-        found.path,
+        path,
         spec.name,
         spec.backend.value,
         spec.dtype,

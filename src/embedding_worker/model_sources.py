@@ -13,7 +13,6 @@ A local folder is used as it is. Whatever is found is loaded from its folder, of
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -117,21 +116,6 @@ def download(repo_id: str, revision: str | None, cache: Path, onnx: bool = False
             f"failed: {reason}"
         ) from exc
     return Path(path)
-
-
-def ensure_onnx(path: Path) -> Path:
-    """Make sure an ONNX backend finds a model file in `path`: export one if it ships none."""
-    if any(path.glob("**/*.onnx")):
-        return path
-    from optimum.exporters.onnx import main_export
-
-    config = json.loads((path / "config.json").read_text())
-    classifies = any("SequenceClassification" in a for a in config.get("architectures", []))
-    task = "text-classification" if classifies else "feature-extraction"
-    log.info("exporting %s to ONNX (%s), once", path, task)
-    # The plain transformer: Infinity pools `last_hidden_state` itself.
-    main_export(str(path), output=path / "onnx", task=task, library_name="transformers", do_validation=False)
-    return path
 
 
 def lay_into_cache(

@@ -68,6 +68,7 @@ class WorkerSettings(BaseSettings):
     max_embed_inputs: int = 2048
     max_rerank_docs: int = 1000
     max_input_chars: int = 100_000
+    onnx_quantized: bool = False
     baked_hf_cache: str = "/opt/models/hub"
     runpod_volume_dir: str = "/runpod-volume"
 

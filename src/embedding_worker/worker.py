@@ -40,7 +40,9 @@ def build_worker() -> Worker:
     settings = load_settings()
     settings.export_engine_environment()  # before Infinity is first imported
     locations = ModelLocations.of(settings.baked_hf_cache, settings.runpod_volume_dir)
-    registry = EngineRegistry.load(settings.models, locations, timeout=settings.request_timeout)
+    registry = EngineRegistry.load(
+        settings.models, locations, settings.request_timeout, settings.onnx_quantized
+    )
     handler = JobHandler(EmbeddingService(registry), settings.runpod_max_concurrency, settings.limits)
     return Worker(settings, registry, handler)
 
