@@ -4,6 +4,7 @@
 #   make test   set everything up, then run the whole test suite
 # and
 #   make serve  the bundled model behind a local endpoint with RunPod's URLs (port 8000)
+#   make bench  the benchmarks, written to docs/BENCHMARKS.md
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 HF_HOME_LOCAL := $(CURDIR)/.cache/huggingface
 BUNDLED_MODEL := sentence-transformers/all-MiniLM-L6-v2
 
-.PHONY: setup bundled-model run serve test
+.PHONY: setup bundled-model run serve bench test
 setup: $(VENV)/.installed
 
 # torch alone first: pinned, it takes the CPU wheel instead of GBs of CUDA packages.
@@ -32,6 +33,9 @@ run: bundled-model
 
 serve: bundled-model
 	HF_HOME=$(HF_HOME_LOCAL) HF_HUB_OFFLINE=1 MODEL_NAMES=$(BUNDLED_MODEL) $(PY) src/local_endpoint.py
+
+bench: bundled-model
+	$(PY) bench/run.py
 
 test: setup
 	$(PY) -m pytest

@@ -17,7 +17,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 def main() -> int:
-    from embedding_worker.worker import start_worker
+    from embedding_worker.worker import import_runpod, start_worker
 
     worker = start_worker()
     if worker is None:
@@ -26,8 +26,7 @@ def main() -> int:
     handler = worker.handler
     # runpod logs at DEBUG by default, which stringifies every (large) output.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
-    import runpod
-
+    runpod = import_runpod()
     serve = print_outputs(handler) if runs_one_local_job(sys.argv, os.environ) else handler
     try:
         runpod.serverless.start({"handler": serve, "concurrency_modifier": handler.concurrency_modifier})

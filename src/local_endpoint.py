@@ -24,19 +24,28 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from embedding_worker.worker import start_worker
+    from embedding_worker.worker import import_runpod, start_worker
 
     worker = start_worker()
     if worker is None:
         return 1
 
+    import_runpod()  # before create_app imports runpod's job runner
     import uvicorn
+
+    class Server(uvicorn.Server):
+        """On SIGTERM or SIGINT: stop accepting, finish what is in flight, stop the engines,
+        exit 0 (as a RunPod worker does), instead of re-raising the signal afterwards."""
+
+        def handle_exit(self, sig, frame) -> None:
+            self.force_exit = self.should_exit  # a second signal: stop waiting
+            self.should_exit = True
 
     from embedding_worker.local_endpoint import LocalEndpointConfig, create_app
 
     app = create_app(worker, LocalEndpointConfig(api_key=args.api_key))
     print(f"serving on http://{args.host}:{args.port}/v2/<any endpoint id>", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")).run()
     return 0
 
 

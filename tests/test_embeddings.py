@@ -139,3 +139,12 @@ def test_user_and_unknown_fields_are_ignored(worker):
     plain = worker.run(standard_job("x"))
     extra = worker.run(standard_job("x") | {"user": "user-1234", "client_trace": {"a": [1]}})
     assert extra == plain
+
+
+def test_outputs_print_as_one_short_line_but_serialise_whole(worker):
+    """runpod formats every output into debug strings; a large one must not cost milliseconds."""
+    output = worker.run(standard_job(["x"] * 256))
+    assert len(repr(output)) < 100 and len(f"{output}") < 100
+    assert "list of 256" in repr(output)
+    assert json.loads(json.dumps(output)) == json.loads(json.dumps(dict(output)))
+    assert len(json.loads(json.dumps(output))["data"]) == 256

@@ -117,3 +117,16 @@ def test_rp_serve_api_answers_runsync_and_exits_on_sigterm(hub_cache, sentence_t
         exit_code = server.wait(30)  # a hang here means the engines kept the process alive
     # uvicorn shuts down, then re-raises the SIGTERM it caught: the process ends by that signal.
     assert exit_code in (0, -signal.SIGTERM)
+
+
+def test_a_corrupt_model_exits_1_within_seconds_naming_it(tmp_path: Path, embedder_path):
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(embedder_path, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    done, elapsed = run_handler({"MODEL_NAMES": str(broken), "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: could not load model '{broken}': ")
+    assert elapsed < 60

@@ -10,7 +10,7 @@ from embedding_worker.settings import load_settings
 VARIABLES = ["MODEL_NAMES", "SERVED_MODEL_NAMES", "BATCH_SIZES", "DTYPES", "BACKEND",
              "INFINITY_QUEUE_SIZE", "RUNPOD_MAX_CONCURRENCY", "REQUEST_TIMEOUT",
              "MAX_EMBED_INPUTS", "MAX_RERANK_DOCS", "MAX_INPUT_CHARS", "MODEL_REVISIONS",
-             "BAKED_HF_CACHE", "RUNPOD_VOLUME_DIR"]
+             "BAKED_HF_CACHE", "RUNPOD_VOLUME_DIR", "ONNX_QUANTIZED", "TRUST_REMOTE_CODE"]
 
 
 @pytest.fixture
@@ -50,6 +50,13 @@ def test_defaults(env):
 def test_served_model_names_alias_each_model(env):
     settings = settings_from(env, MODEL_NAMES="/models/bge;org/reranker", SERVED_MODEL_NAMES="bge;rr")
     assert [(m.source, m.name) for m in settings.models] == [("/models/bge", "bge"), ("org/reranker", "rr")]
+
+
+def test_trust_remote_code_and_onnx_int8_are_opt_in(env):
+    settings = settings_from(env, MODEL_NAMES="a/b")
+    assert settings.trust_remote_code is False and settings.onnx_quantized is False
+    settings = settings_from(env, TRUST_REMOTE_CODE="true", ONNX_QUANTIZED="1")
+    assert settings.trust_remote_code is True and settings.onnx_quantized is True
 
 
 def test_model_revisions_align_with_models(env):

@@ -2,8 +2,18 @@
 
 It loads the models (at start-up, outside any event loop), starts the engines inside the
 event loop that serves jobs (Infinity binds to the loop it starts in), resolves the model
-a request names, bounds every engine call with a timeout, and stops the engines so the
-process can exit (Infinity's worker threads are not daemons).
+a request names, and stops the engines so the process can exit (Infinity's worker threads
+are not daemons).
+
+Every engine call goes through `call`, which keeps a failing engine from hanging the worker:
+- it is bounded by REQUEST_TIMEOUT;
+- it is refused at once when it would take the model past INFINITY_QUEUE_SIZE items in
+  flight (memory stays bounded);
+- when a forward pass raises, Infinity's worker thread dies and that engine never answers
+  again: the model is marked failed at that moment, its requests in flight fail at once,
+  later ones are refused at once, and the job results ask RunPod to replace the worker.
+  An engine that times out STUCK_AFTER_TIMEOUTS times in a row is treated the same way.
+  Other models keep serving.
 """
 
 from __future__ import annotations
@@ -11,11 +21,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from embedding_worker.errors import EngineFailure, ModelLoadError, ModelNotFound, UnsupportedTask
+from embedding_worker.errors import (
+    EngineFailure,
+    ModelLoadError,
+    ModelNotFound,
+    Overloaded,
+    UnsupportedTask,
+)
 from embedding_worker.model_sources import ModelLocations, resolve_model
 from embedding_worker.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
 from embedding_worker.settings import Backend, ModelSpec
@@ -25,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ResultT = TypeVar("ResultT")
+STUCK_AFTER_TIMEOUTS = 3
+PIPELINE_STAGES = ("encode_pre", "encode_core", "encode_post")  # each runs in its own thread
 
 
 @dataclass
@@ -34,6 +52,10 @@ class DeployedModel:
     created: int  # Unix time the model was loaded
     embedding_dimension: int | None = None  # None until known (embedders only)
     max_input_tokens: int | None = None  # longer inputs are truncated to this
+    failure: str | None = None  # why the engine can no longer answer
+    timeouts_in_a_row: int = 0
+    items_in_flight: int = 0  # admitted to the engine and not yet answered
+    _failed: asyncio.Event | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -50,14 +72,40 @@ class DeployedModel:
                 f"model: {self.name!r} cannot {capability}; it supports: {can_do}"
             )
 
+    def mark_failed(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = " ".join(reason.split())[:300]
+            log.error("model %r can no longer answer: %s", self.name, self.failure)
+        if self._failed is not None:
+            self._failed.set()
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Report a pipeline stage's exception (which ends Infinity's thread) to the loop."""
+        self._failed = asyncio.Event()
+        for replica in getattr(self.engine, "_model_replicas", []):
+            for stage in PIPELINE_STAGES:
+                setattr(replica, stage, self._guarded(getattr(replica, stage), stage, loop))
+
+    def _guarded(self, run: Callable, stage: str, loop: asyncio.AbstractEventLoop) -> Callable:
+        def guarded(*args, **kwargs):
+            try:
+                return run(*args, **kwargs)
+            except BaseException as exc:
+                reason = f"its engine failed in {stage}: {type(exc).__name__}: {exc}"
+                loop.call_soon_threadsafe(self.mark_failed, reason)
+                raise
+
+        return guarded
+
 
 class EngineRegistry:
-    def __init__(self, models: list[DeployedModel], timeout: float) -> None:
+    def __init__(self, models: list[DeployedModel], timeout: float, queue_size: int) -> None:
         from infinity_emb import AsyncEngineArray
 
         self._models = {model.name: model for model in models}
         self._array: AsyncEngineArray = AsyncEngineArray([m.engine for m in models])
         self._timeout = timeout
+        self._queue_size = queue_size
         self._start_lock: asyncio.Lock | None = None
         self._started = False
 
@@ -66,15 +114,26 @@ class EngineRegistry:
         cls,
         specs: list[ModelSpec],
         locations: ModelLocations,
+        *,
         timeout: float,
+        queue_size: int,
         onnx_quantized: bool = False,
+        trust_remote_code: bool = False,
     ) -> EngineRegistry:
         """Find and load every model; raise `ModelLoadError` naming the first that fails."""
-        return cls([_load(spec, locations, onnx_quantized) for spec in specs], timeout)
+        models = [_load(spec, locations, onnx_quantized, trust_remote_code) for spec in specs]
+        return cls(models, timeout, queue_size)
 
     @property
     def models(self) -> list[DeployedModel]:
         return list(self._models.values())
+
+    @property
+    def healthy(self) -> bool:
+        return all(model.failure is None for model in self._models.values())
+
+    def health(self) -> dict[str, str]:
+        return {m.name: "failed: " + m.failure if m.failure else "ok" for m in self._models.values()}
 
     def resolve(self, name: str) -> DeployedModel:
         # Never Infinity's own lookup: with one engine it answers for any name.
@@ -94,6 +153,9 @@ class EngineRegistry:
         async with self._start_lock:
             if not self._started:
                 await self._array.astart()
+                loop = asyncio.get_running_loop()
+                for model in self._models.values():
+                    model.watch(loop)
                 self._started = True
 
     async def stop(self) -> None:
@@ -105,17 +167,49 @@ class EngineRegistry:
         if self._started:
             asyncio.run(self.stop())
 
-    async def call(self, model: DeployedModel, work: Awaitable[ResultT]) -> ResultT:
-        """Await an engine call, bounded: a dead Infinity worker thread never answers."""
+    async def call(
+        self, model: DeployedModel, work: Callable[[], Awaitable[ResultT]], items: int
+    ) -> ResultT:
+        """Run `work()` on the model's engine for `items` inputs, bounded as the module says."""
+        self._refuse_if_failed(model)
+        # Counted here, not read from Infinity's queue: items reach that queue only after
+        # tokenisation, and its batcher moves them on to internal queues it does not report.
+        if model.items_in_flight + items > self._queue_size:
+            raise Overloaded(
+                f"model {model.name!r} is overloaded: {model.items_in_flight} items in flight, this "
+                f"request adds {items}, the limit is {self._queue_size} (INFINITY_QUEUE_SIZE); retry later"
+            )
+        model.items_in_flight += items
+        task = asyncio.ensure_future(work())
+        failed = asyncio.ensure_future(model._failed.wait())
         try:
-            return await asyncio.wait_for(work, timeout=self._timeout)
-        except TimeoutError:
+            await asyncio.wait({task, failed}, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+            model.items_in_flight -= items
+        if task.done():
+            model.timeouts_in_a_row = 0
+            return task.result()
+        task.cancel()
+        self._refuse_if_failed(model)
+        model.timeouts_in_a_row += 1
+        if model.timeouts_in_a_row >= STUCK_AFTER_TIMEOUTS:
+            model.mark_failed(f"its engine did not answer {STUCK_AFTER_TIMEOUTS} times in a row")
+            self._refuse_if_failed(model)
+        raise EngineFailure(f"model {model.name!r} did not answer within {self._timeout:g} s (REQUEST_TIMEOUT)")
+
+    @staticmethod
+    def _refuse_if_failed(model: DeployedModel) -> None:
+        if model.failure is not None:
             raise EngineFailure(
-                f"model {model.name!r} did not answer within {self._timeout:g} s"
-            ) from None
+                f"model {model.name!r} is unavailable: {model.failure}; the worker asked to be replaced",
+                refresh_worker=True,
+            )
 
 
-def _load(spec: ModelSpec, locations: ModelLocations, onnx_quantized: bool) -> DeployedModel:
+def _load(
+    spec: ModelSpec, locations: ModelLocations, onnx_quantized: bool, trust_remote_code: bool
+) -> DeployedModel:
     from infinity_emb import AsyncEmbeddingEngine, EngineArgs
 
     started = time.perf_counter()
@@ -131,6 +225,7 @@ def _load(spec: ModelSpec, locations: ModelLocations, onnx_quantized: bool) -> D
                 model_name_or_path=str(path),
                 pooling_method=pooling_method(path),
                 onnx_do_not_prefer_quantized=not onnx_quantized,
+                trust_remote_code=trust_remote_code,
                 served_model_name=spec.name,
                 batch_size=spec.batch_size,
                 engine=spec.backend.value,

@@ -44,9 +44,23 @@ class UnsupportedTask(InvalidRequest):
 
 
 class EngineFailure(WorkerError):
-    """The engine failed or did not answer in time."""
+    """The engine failed or did not answer in time.
+
+    `refresh_worker`: the engine cannot recover in this process, so the job result asks
+    RunPod to replace the worker.
+    """
 
     status_code = 503
+
+    def __init__(self, message: str, refresh_worker: bool = False) -> None:
+        super().__init__(message)
+        self.refresh_worker = refresh_worker
+
+
+class Overloaded(WorkerError):
+    """More items are queued for a model than INFINITY_QUEUE_SIZE allows."""
+
+    status_code = 429
 
 
 class InternalError(WorkerError):

@@ -36,7 +36,7 @@ class LocalJob:
             body["delayTime"] = round(1000 * (self.started - self.submitted))
         if self.finished is not None and self.started is not None:
             body["executionTime"] = round(1000 * (self.finished - self.started))
-        body.update(self.result)
+        body.update({k: v for k, v in self.result.items() if k in ("output", "error")})
         return body
 
 
@@ -61,6 +61,11 @@ class JobStore:
     def get(self, job_id: str) -> LocalJob | None:
         self._expire()
         return self._jobs.get(job_id)
+
+    async def drain(self) -> None:
+        """Wait for every submitted job to finish (on shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def run_exclusive(self, work: Awaitable[Any]) -> Any:
         """Run work that is not a stored job (the OpenAI routes) within the same limit."""

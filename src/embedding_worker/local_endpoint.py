@@ -11,17 +11,21 @@ Same URL layout and bodies as the deployed endpoint, so client code runs unchang
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from embedding_worker.errors import WorkerError
 from embedding_worker.job_store import JobStore
 from embedding_worker.worker import Worker
+
+log = logging.getLogger(__name__)
 
 
 class LocalEndpointConfig(BaseModel):
@@ -46,6 +50,9 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
         )
         await worker.registry.start()
         yield
+        await state["jobs"].drain()  # jobs in flight finish before the engines stop
+        counts = state["jobs"].counts()
+        log.info("stopping: %d jobs completed, %d failed", counts["completed"], counts["failed"])
         await worker.registry.stop()
 
     def jobs() -> JobStore:
@@ -61,53 +68,62 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
     app = FastAPI(
         title="Infinity Embedding Worker (local endpoint)",
         lifespan=lifespan,
+        default_response_class=FastJSON,
         exception_handlers={HTTPException: _http_error},
     )
     runpod_api = APIRouter(prefix="/v2/{endpoint_id}", dependencies=[Depends(authorized)])
     openai_api = APIRouter(prefix="/v2/{endpoint_id}/openai/v1", dependencies=[Depends(authorized)])
 
     @app.get("/v2/{endpoint_id}/health")
-    async def health(endpoint_id: str) -> dict[str, Any]:
+    async def health(endpoint_id: str) -> Response:
+        """RunPod's health body, plus each model's state; 503 once an engine has failed."""
         counts = jobs().counts()
         busy = counts["inProgress"]
-        return {"jobs": counts, "workers": {"idle": int(busy == 0), "running": int(busy > 0)}}
+        healthy = worker.registry.healthy
+        body = {
+            "jobs": counts,
+            "workers": {"idle": int(busy == 0 and healthy), "running": int(busy > 0 and healthy),
+                        "unhealthy": int(not healthy)},
+            "models": worker.registry.health(),
+        }
+        return FastJSON(body, status_code=200 if healthy else 503)
 
     @runpod_api.post("/run")
-    async def run(endpoint_id: str, request: Request) -> dict[str, Any]:
+    async def run(endpoint_id: str, request: Request) -> Response:
         job = jobs().submit(await _job_input(request))
-        return {"id": job.id, "status": job.status}
+        return FastJSON({"id": job.id, "status": job.status})
 
     @runpod_api.post("/runsync")
-    async def runsync(endpoint_id: str, request: Request) -> dict[str, Any]:
+    async def runsync(endpoint_id: str, request: Request) -> Response:
         job = jobs().submit(await _job_input(request))
         try:
             await asyncio.wait_for(asyncio.shield(job.done.wait()), config.runsync_wait)
         except TimeoutError:
             pass  # like RunPod: answer with the status; the client polls /status
-        return job.to_api()
+        return FastJSON(job.to_api())
 
     @runpod_api.get("/status/{job_id}")
-    async def status(endpoint_id: str, job_id: str) -> dict[str, Any]:
+    async def status(endpoint_id: str, job_id: str) -> Response:
         job = jobs().get(job_id)
         if job is None:
             raise HTTPException(404, f"job {job_id!r} does not exist or has expired")
-        return job.to_api()
+        return FastJSON(job.to_api())
 
-    async def openai_job(route: str, body: Any = None) -> JSONResponse:
+    async def openai_job(route: str, body: Any = None) -> Response:
         job_input: dict[str, Any] = {"openai_route": route}
         if body is not None:
             job_input["openai_input"] = body
         answer = await jobs().run_exclusive(worker.handler.answer(job_input))
         if answer.error is not None:
             return _openai_error(answer.error)
-        return JSONResponse(answer.body)
+        return FastJSON(answer.body)
 
     @openai_api.get("/models")
-    async def models(endpoint_id: str) -> JSONResponse:
+    async def models(endpoint_id: str) -> Response:
         return await openai_job("/v1/models")
 
     def forward_to(route: str):
-        async def call(endpoint_id: str, request: Request) -> JSONResponse:
+        async def call(endpoint_id: str, request: Request) -> Response:
             return await openai_job(route, await _json_body(request))
 
         return call
@@ -120,10 +136,17 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
     return app
 
 
+class FastJSON(JSONResponse):
+    """JSON by orjson: about 20x faster than the standard encoder on float vectors."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 async def _json_body(request: Request) -> Any:
     try:
-        return await request.json()
-    except ValueError:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
         raise HTTPException(400, "the request body is not valid JSON") from None
 
 
@@ -134,19 +157,25 @@ async def _job_input(request: Request) -> Any:
     return body["input"]
 
 
-def _openai_error(error: WorkerError) -> JSONResponse:
+def _openai_error(error: WorkerError) -> Response:
     field, _, _ = error.message.partition(":")
-    return JSONResponse(
+    return FastJSON(
         {
             "error": {
                 "message": error.message,
-                "type": "invalid_request_error" if error.status_code < 500 else "server_error",
+                "type": _error_type(error.status_code),
                 "param": field if field.isidentifier() else None,
                 "code": "model_not_found" if error.status_code == 404 else None,
             }
         },
         status_code=error.status_code,
     )
+
+
+def _error_type(status_code: int) -> str:
+    if status_code == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status_code < 500 else "server_error"
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -45,7 +45,9 @@ class EmbeddingService:
         if request.dimensions is not None and model.embedding_dimension is not None:
             _check_dimensions(request.dimensions, model.embedding_dimension, model.name)
         await self.registry.start()
-        vectors, tokens = await self.registry.call(model, model.engine.embed(request.input))
+        vectors, tokens = await self.registry.call(
+            model, lambda: model.engine.embed(request.input), len(request.input)
+        )
         matrix = np.asarray(vectors, dtype=np.float32)
         model.embedding_dimension = matrix.shape[1]
         if request.dimensions is not None:
@@ -64,7 +66,10 @@ class EmbeddingService:
         await self.registry.start()
         ranked, tokens = await self.registry.call(
             model,
-            model.engine.rerank(query=request.query, docs=request.docs, raw_scores=request.raw_scores),
+            lambda: model.engine.rerank(
+                query=request.query, docs=request.docs, raw_scores=request.raw_scores
+            ),
+            len(request.docs),
         )
         # Infinity sorts by score and keeps each document's own position in `index`.
         results = [
@@ -82,7 +87,7 @@ class EmbeddingService:
         model.require("classify")
         await self.registry.start()
         predictions, tokens = await self.registry.call(
-            model, model.engine.classify(sentences=request.input)
+            model, lambda: model.engine.classify(sentences=request.input), len(request.input)
         )
         return ClassifyResponse(
             model=model.name,

@@ -12,6 +12,7 @@ from enum import Enum
 from pydantic import BaseModel, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from embedding_worker.cpu_quota import available_cpus, limit_threads
 from embedding_worker.errors import SettingsError
 from embedding_worker.schemas import RequestLimits
 
@@ -69,6 +70,7 @@ class WorkerSettings(BaseSettings):
     max_rerank_docs: int = 1000
     max_input_chars: int = 100_000
     onnx_quantized: bool = False
+    trust_remote_code: bool = False  # runs code from the model repository: opt in per deployment
     baked_hf_cache: str = "/opt/models/hub"
     runpod_volume_dir: str = "/runpod-volume"
 
@@ -171,8 +173,9 @@ class WorkerSettings(BaseSettings):
         )
 
     def export_engine_environment(self) -> None:
-        """Set the variables Infinity reads when it is first imported."""
+        """Set the variables Infinity and the math libraries read when first imported."""
         os.environ["INFINITY_QUEUE_SIZE"] = str(self.infinity_queue_size)
+        limit_threads(available_cpus())
 
 
 def _per_model(values: list[str], count: int) -> list[str]:

@@ -41,7 +41,12 @@ def build_worker() -> Worker:
     settings.export_engine_environment()  # before Infinity is first imported
     locations = ModelLocations.of(settings.baked_hf_cache, settings.runpod_volume_dir)
     registry = EngineRegistry.load(
-        settings.models, locations, settings.request_timeout, settings.onnx_quantized
+        settings.models,
+        locations,
+        timeout=settings.request_timeout,
+        queue_size=settings.infinity_queue_size,
+        onnx_quantized=settings.onnx_quantized,
+        trust_remote_code=settings.trust_remote_code,
     )
     handler = JobHandler(EmbeddingService(registry), settings.runpod_max_concurrency, settings.limits)
     return Worker(settings, registry, handler)
@@ -55,3 +60,31 @@ def start_worker() -> Worker | None:
     except WorkerError as err:
         print(f"error: {err}", file=sys.stderr)
         return None
+
+
+def import_runpod():
+    """Import runpod without its slowest start-up step.
+
+    runpod's debugger module calls `cpuinfo.get_cpu_info()` at import, which spawns a
+    subprocess and takes about a second of every cold start, for a CPU name it only shows
+    in debug output. Reading the name from /proc/cpuinfo gives the same answer at once.
+    """
+    import cpuinfo
+
+    cpuinfo.get_cpu_info = lambda: {"brand_raw": cpu_name()}
+    import runpod
+
+    return runpod
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
