@@ -2,6 +2,7 @@
 
     python bench/run.py                # full run (about 10 minutes on 2 CPU cores)
     python bench/run.py --quick        # fewer requests, for a smoke run
+    python bench/run.py --steps load   # re-run some steps, merged into the existing report
 
 Writes docs/benchmarks.json, docs/benchmarks.png and docs/BENCHMARKS.md. Every figure
 that is compared is measured in this run, on this machine; ratios matter more than the
@@ -43,12 +44,14 @@ WORDS = ("the a of and to in is that for it as with was on be by this are from a
          "throughput cold start python runpod infinity rank score sentence meaning similar text "
          "language cloud gpu memory fast slow answer question retrieval index").split()
 
-SHAPES = [  # (name, sentences per request, concurrency, requests)
-    ("8 x c1", 8, 1, 60),
-    ("8 x c16", 8, 16, 200),
-    ("8 x c64", 8, 64, 200),
-    ("256 x c1", 256, 1, 5),
+SHAPES = [  # (name, sentences per request, concurrency, requests per round)
+    ("8 x c1", 8, 1, 40),
+    ("8 x c16", 8, 16, 120),
+    ("8 x c64", 8, 64, 160),
+    ("256 x c1", 256, 1, 4),
 ]
+ROUNDS = 3
+STEPS = ["hardware", "throughput", "cold start", "imports", "payloads", "load", "flops", "backends"]
 
 
 def corpus(count: int = 1600, words: int = 30, seed: int = 0) -> list[str]:
@@ -130,7 +133,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def over_http(server: str, shapes, scale: float) -> dict:
+def start_server(server: str) -> tuple[subprocess.Popen, str]:
+    """Start the local endpoint or runpod's `--rp_serve_api`; return it and its /runsync URL."""
     port = free_port()
     if server == "local endpoint":
         command = ["src/local_endpoint.py", "--port", str(port)]
@@ -140,43 +144,116 @@ def over_http(server: str, shapes, scale: float) -> dict:
         url, probe = f"http://127.0.0.1:{port}/runsync", f"http://127.0.0.1:{port}/docs"
     process = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                httpx.get(probe, timeout=2)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{server} did not start") from None
-                time.sleep(0.3)
-        server_process = psutil.Process(process.pid)
+    deadline = time.time() + 180
+    while True:
+        try:
+            httpx.get(probe, timeout=2)
+            return process, url
+        except httpx.TransportError:
+            if process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{server} did not start") from None
+            time.sleep(0.3)
 
-        async def run_all() -> dict:
-            results = {}
-            limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
-            async with httpx.AsyncClient(timeout=600, limits=limits) as client:
 
+def throughput(shapes, scale: float, rounds: int) -> dict:
+    """The engine alone and the worker over HTTP, in interleaved rounds at each shape.
+
+    All three are up at once (idle ones cost nothing); each round runs the engine, then the
+    local endpoint, then `--rp_serve_api`, so the machine's drift hits them alike. Each ratio
+    is taken within its round; the report gives the medians over rounds.
+    """
+    servers = {name: start_server(name) for name in ("local endpoint", "rp_serve_api")}
+    worker = worker_for("torch")
+    model = worker.registry.resolve(MODEL)
+    runs: dict[str, dict[str, list[dict]]] = {}
+
+    async def run_all() -> None:
+        await worker.registry.start()
+        limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+
+            async def engine(texts: list[str]) -> None:
+                await model.engine.embed(texts)
+
+            def over_http(url: str):
                 async def call(texts: list[str]) -> None:
                     body = orjson.dumps({"input": {"model": MODEL, "input": texts}})
                     reply = await client.post(url, content=body, headers={"content-type": "application/json"})
                     data = orjson.loads(reply.content)["output"]["data"]
                     assert len(data) == len(texts) and len(data[-1]["embedding"]) == 384
 
-                for name, batch, concurrency, requests in shapes:
-                    server_cpu = server_process.cpu_times()
-                    row = await drive(call, shaped(max(2, int(requests * scale)), batch), concurrency)
-                    row["client_cpu_share"] = row.pop("this_process_cpu_share")
-                    after = server_process.cpu_times()
-                    used = (after.user - server_cpu.user) + (after.system - server_cpu.system)
-                    row["server_cpu_share"] = round(used / row["seconds"] / psutil.cpu_count(), 3)
-                    results[name] = row
-            return results
+                return call
 
-        return asyncio.run(run_all())
+            targets = {"in-process engine": (engine, None)}
+            targets.update({name: (over_http(url), psutil.Process(p.pid)) for name, (p, url) in servers.items()})
+            for name, batch, concurrency, requests in shapes:
+                batches = shaped(max(2, int(requests * scale)), batch)
+                for _ in range(rounds):
+                    for target, (call, server) in targets.items():
+                        before = server.cpu_times() if server else None
+                        row = await drive(call, batches, concurrency)
+                        row["client_cpu_share"] = row.pop("this_process_cpu_share") if server else None
+                        if server:
+                            after = server.cpu_times()
+                            used = (after.user - before.user) + (after.system - before.system)
+                            row["server_cpu_share"] = round(used / row["seconds"] / psutil.cpu_count(), 3)
+                        runs.setdefault(target, {}).setdefault(name, []).append(row)
+        await worker.registry.stop()
+
+    try:
+        asyncio.run(run_all())
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(60)
+    results: dict[str, dict[str, dict]] = {}
+    for target, shapes_runs in runs.items():
+        for shape, rows in shapes_runs.items():
+            ceiling = runs["in-process engine"][shape]
+            ratios = [r["sentences_per_s"] / c["sentences_per_s"] for r, c in zip(rows, ceiling)]
+            summary = {key: (statistics.median(r[key] for r in rows) if rows[0][key] is not None else None)
+                       for key in rows[0]}
+            summary["ratio_to_engine"] = round(statistics.median(ratios), 3)
+            summary["ratio_by_round"] = [round(x, 3) for x in ratios]
+            results.setdefault(target, {})[shape] = summary
+    return results
+
+
+def load(requests: int = 300) -> dict:
+    """`requests` concurrent single-text requests at once to the local endpoint: each must be
+    answered, once, with its own text's vector; the server's peak memory is sampled."""
+    process, url = start_server("local endpoint")
+    server, peak = psutil.Process(process.pid), [0]
+    texts = [f"load request {i}: " + sentence for i, sentence in enumerate(corpus(requests))]
+
+    async def run_all() -> tuple[list[dict], float]:
+        async def sample() -> None:
+            while True:
+                peak[0] = max(peak[0], server.memory_info().rss)
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample())
+        limits = httpx.Limits(max_connections=requests)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+            started = time.perf_counter()
+            replies = await asyncio.gather(*(client.post(url, json={"input": {"model": MODEL, "input": text}})
+                                             for text in texts))
+            elapsed = time.perf_counter() - started
+        sampler.cancel()
+        return [reply.json() for reply in replies], elapsed
+
+    idle = server.memory_info().rss
+    try:
+        bodies, elapsed = asyncio.run(run_all())
     finally:
         process.terminate()
         process.wait(60)
+    completed = sum(body["status"] == "COMPLETED" for body in bodies)
+    vectors = np.array([body["output"]["data"][0]["embedding"] for body in bodies])
+    expected = np.asarray(embed_once("torch", texts))
+    return {"requests": requests, "completed": completed, "distinct_job_ids": len({b["id"] for b in bodies}),
+            "max_abs_diff_to_own_vector": float(np.abs(vectors - expected).max()), "seconds": round(elapsed, 2),
+            "server_rss_idle_mib": round(idle / 2**20), "server_rss_peak_mib": round(peak[0] / 2**20)}
 
 
 def cold_start(runs: int) -> dict:
@@ -367,7 +444,6 @@ def plot(results: dict, path: Path) -> None:
 def markdown(results: dict) -> str:
     hw = results["hardware"]
     throughput = results["throughput"]
-    ceiling = throughput["in-process engine"]
     lines = [
         "# Benchmarks",
         "",
@@ -383,18 +459,20 @@ def markdown(results: dict) -> str:
         "",
         "`in-process engine`: `engine.embed` awaited directly, no worker code (the ceiling). The HTTP rows send "
         "the same request shapes (sentences per request x concurrent requests) to `/runsync` of the local "
-        "endpoint (`src/local_endpoint.py`) and of runpod's `--rp_serve_api`, and check every reply; the load "
-        "client shares the machine's cores, and its CPU share (of all cores) is shown.",
+        "endpoint (`src/local_endpoint.py`) and of runpod's `--rp_serve_api`, and check every reply. The three "
+        f"are measured in {results['rounds']} interleaved rounds; figures are medians over rounds, and each ratio "
+        "is taken within its round (the spread is shown). The load client shares the machine's cores; its CPU "
+        "share (of all cores) is shown.",
         "",
-        "| server | shape | sentences/s | ratio to engine | p50 ms | p95 ms | p99 ms | client CPU | server CPU |",
+        "| server | shape | sentences/s | ratio to engine (rounds) | p50 ms | p95 ms | p99 ms | client CPU | server CPU |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, rows in throughput.items():
         for shape, row in rows.items():
-            ratio = row["sentences_per_s"] / ceiling[shape]["sentences_per_s"]
-            lines.append(f"| {label} | {shape} | {row['sentences_per_s']} | {ratio:.3f} | {row['p50_ms']} | "
-                         f"{row['p95_ms']} | {row['p99_ms']} | {row.get('client_cpu_share', '-')} | "
-                         f"{row.get('server_cpu_share', '-')} |")
+            spread = ", ".join(f"{r:.2f}" for r in row["ratio_by_round"])
+            lines.append(f"| {label} | {shape} | {row['sentences_per_s']} | {row['ratio_to_engine']:.3f} ({spread}) | "
+                         f"{row['p50_ms']} | {row['p95_ms']} | {row['p99_ms']} | {row.get('client_cpu_share') or '-'} | "
+                         f"{row.get('server_cpu_share') or '-'} |")
     cold = results["cold_start"]["median"]
     imports = results["imports"]
     lines += [
@@ -420,6 +498,13 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name} | {row['bytes']:,} | {row['orjson_ms']} | {row['json_ms']} |")
     f = results["flops"]
     lines += [
+        "",
+        "## Load",
+        "",
+        "{requests} requests sent at once to the local endpoint's `/runsync` (one text each, all distinct): "
+        "{completed} completed, {distinct_job_ids} distinct job ids, every vector its own text's "
+        "(max abs difference {max_abs_diff_to_own_vector:.1e}), in {seconds} s; server memory "
+        "{server_rss_idle_mib} MiB idle, {server_rss_peak_mib} MiB at peak.".format(**results["load"]),
         "",
         "## Compute: how close to the hardware",
         "",
@@ -450,29 +535,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the requests, one cold start")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)}, merged into the "
+                        "existing report (default: all)")
     args = parser.parse_args()
     scale = 0.25 if args.quick else 1.0
     if not (HF_HOME / "hub").is_dir():
         sys.exit("the bundled model is not in .cache/huggingface: run `make bundled-model` first")
     os.environ.update({k: v for k, v in ENV.items() if k.startswith(("HF_", "TOKENIZERS"))})
-    steps = ["hardware", "in-process engine", "local endpoint", "rp_serve_api", "cold start", "imports",
-             "payloads", "flops", "backends"]
-    results: dict = {"date": time.strftime("%Y-%m-%d"), "throughput": {}}
+    steps = args.steps.split(",") if args.steps else STEPS
+    report = args.out / "benchmarks.json"
+    results: dict = json.loads(report.read_text()) if args.steps and report.exists() else {}
+    results["date"] = time.strftime("%Y-%m-%d")
     with tqdm(steps, desc="benchmarks", unit="step") as progress:
         for step in progress:
             progress.set_postfix_str(step)
             if step == "hardware":
                 results["hardware"] = hardware()
-            elif step == "in-process engine":
-                results["throughput"][step] = in_process(SHAPES, scale)
-            elif step in ("local endpoint", "rp_serve_api"):
-                results["throughput"][step] = over_http(step, SHAPES, scale)
+            elif step == "throughput":
+                results["rounds"] = 1 if args.quick else ROUNDS
+                results["throughput"] = throughput(SHAPES, scale, results["rounds"])
             elif step == "cold start":
                 results["cold_start"] = cold_start(1 if args.quick else 3)
             elif step == "imports":
                 results["imports"] = import_costs()
             elif step == "payloads":
                 results["payloads"] = payloads()
+            elif step == "load":
+                results["load"] = load()
             elif step == "flops":
                 results["flops"] = flops()
             else:

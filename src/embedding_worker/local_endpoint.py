@@ -58,7 +58,7 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
     def jobs() -> JobStore:
         return state["jobs"]
 
-    def authorized(request: Request) -> None:
+    async def authorized(request: Request) -> None:  # async: no thread-pool hop per request
         if not config.api_key:
             return
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
