@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +153,31 @@ def worker(hub_cache: Path, classifier_path: Path):
     )
     yield running
     running.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_local_endpoint(**variables: str) -> tuple[subprocess.Popen, str]:
+    """`python src/local_endpoint.py` as users start it; returns it and `.../v2/local`."""
+    import httpx
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=ROOT,
+                              env={**os.environ, **variables}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/v2/local"
+    deadline = time.time() + 180
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            pytest.fail(f"the local endpoint did not start: {server.stderr.read()[-2000:]}")
+        time.sleep(0.3)

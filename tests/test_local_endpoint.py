@@ -7,7 +7,6 @@ bundled embedder and the tiny reranker loaded by hub id from the test cache.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,42 +15,16 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import EMBEDDER_ID, RERANKER_ID, ROOT
+from conftest import EMBEDDER_ID, RERANKER_ID, ROOT, start_local_endpoint
 
 API_KEY = "local-test-key"
 TEXTS = ["Hello, world!", "The quick brown fox jumps over the lazy dog."]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoint(hub_cache):
     """Base URL `http://127.0.0.1:<port>/v2/local` of a running local endpoint."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "src/local_endpoint.py", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "MODEL_NAMES": f"{EMBEDDER_ID};{RERANKER_ID}", "LOCAL_API_KEY": API_KEY},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}/v2/local"
-    deadline = time.time() + 180
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            server.kill()
-            pytest.fail(f"local endpoint did not start: {server.stderr.read()[-2000:]}")
-        time.sleep(0.3)
+    server, base = start_local_endpoint(MODEL_NAMES=f"{EMBEDDER_ID};{RERANKER_ID}", LOCAL_API_KEY=API_KEY)
     yield base
     server.terminate()
     server.wait(30)
@@ -192,7 +165,7 @@ def test_concurrent_run_jobs_are_each_answered_once(endpoint, sentence_transform
         outputs = {}
         deadline = time.time() + 120
         while len(outputs) < len(ids) and time.time() < deadline:
-            for job_id, text in zip(ids, texts):
+            for job_id in ids:
                 if job_id not in outputs:
                     state = client.get(f"{endpoint}/status/{job_id}").json()
                     if state["status"] == "COMPLETED":

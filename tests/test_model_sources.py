@@ -3,7 +3,6 @@ Hugging Face cache, then a download; each model's log line names where it came f
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys

@@ -19,6 +19,18 @@ def embedder_forward(running):
     return replica[0].auto_model
 
 
+def slow_down(running, monkeypatch, seconds: float) -> None:
+    """Make each forward pass of the embedder take `seconds` longer."""
+    module = embedder_forward(running)
+    original = module.forward
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "forward", slow)
+
+
 def timed(running, job_input, timeout: float = 60):
     started = time.perf_counter()
     output = running.run(job_input, timeout=timeout)
@@ -70,14 +82,7 @@ def test_a_stuck_forward_fails_at_the_timeout_then_the_engine_counts_as_failed(h
     running = start_worker(MODEL_NAMES=EMBEDDER_ID, REQUEST_TIMEOUT="1")
     try:
         assert "data" in running.run({"model": EMBEDDER_ID, "input": "warm"})
-        module = embedder_forward(running)
-        original = module.forward
-
-        def stuck(*args, **kwargs):
-            time.sleep(2.5)
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(module, "forward", stuck)
+        slow_down(running, monkeypatch, 2.5)  # stuck, past the 1 s timeout
         outputs = []
         for attempt in range(3):
             output, elapsed = timed(running, {"model": EMBEDDER_ID, "input": f"slow {attempt}"})
@@ -94,14 +99,7 @@ def test_overload_fails_fast_and_the_rest_complete(hub_cache, monkeypatch):
     running = start_worker(MODEL_NAMES=EMBEDDER_ID, INFINITY_QUEUE_SIZE="6", BATCH_SIZES="2")
     try:
         assert "data" in running.run({"model": EMBEDDER_ID, "input": "warm"})
-        module = embedder_forward(running)
-        original = module.forward
-
-        def slow(*args, **kwargs):
-            time.sleep(0.2)
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(module, "forward", slow)
+        slow_down(running, monkeypatch, 0.2)
 
         async def burst():
             jobs = [running.handler({"id": str(i), "input": {"model": EMBEDDER_ID, "input": [f"t{i}", f"u{i}"]}})

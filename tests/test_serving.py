@@ -3,45 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import numpy as np
 import psutil
-import pytest
 
-from conftest import EMBEDDER_ID, ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from conftest import EMBEDDER_ID, start_local_endpoint
 
 
 def start_server(**variables: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=ROOT,
-                              env={**os.environ, "MODEL_NAMES": EMBEDDER_ID, **variables},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}/v2/local"
-    deadline = time.time() + 180
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return server, base
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            server.kill()
-            pytest.fail(f"server did not start: {server.stderr.read()[-2000:]}")
-        time.sleep(0.3)
+    return start_local_endpoint(MODEL_NAMES=EMBEDDER_ID, **variables)
 
 
 class PeakMemory(threading.Thread):
