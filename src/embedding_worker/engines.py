@@ -223,7 +223,7 @@ def _load(
         engine = AsyncEmbeddingEngine.from_args(
             EngineArgs(
                 model_name_or_path=str(path),
-                pooling_method=pooling_method(path),
+                pooling_method=pooling_method(path),  # read by the ONNX backend only
                 onnx_do_not_prefer_quantized=not onnx_quantized,
                 trust_remote_code=trust_remote_code,
                 served_model_name=spec.name,
