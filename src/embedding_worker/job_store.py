@@ -93,8 +93,17 @@ class JobStore:
         job.done.set()
 
     def _expire(self) -> None:
+        """Drop finished jobs past their TTL, or past `max_jobs`, oldest first.
+
+        Jobs are kept in submission order, so this stops at the first job that stays and each
+        call costs only what it removes. A job still running at the front holds back the
+        expiry of later ones until it ends (REQUEST_TIMEOUT bounds that).
+        """
         now = time.monotonic()
-        finished = [j for j in self._jobs.values() if j.status in FINAL]
-        for job in finished:
-            if now - job.finished > self._ttl or len(self._jobs) > self._max_jobs:
-                del self._jobs[job.id]
+        while self._jobs:
+            oldest = next(iter(self._jobs.values()))
+            if oldest.status not in FINAL:
+                return
+            if now - oldest.finished <= self._ttl and len(self._jobs) <= self._max_jobs:
+                return
+            self._jobs.popitem(last=False)
