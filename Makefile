@@ -15,12 +15,13 @@ BUNDLED_MODEL := sentence-transformers/all-MiniLM-L6-v2
 .PHONY: setup bundled-model run serve bench test
 setup: $(VENV)/.installed
 
-# torch alone first: pinned, it takes the CPU wheel instead of GBs of CUDA packages.
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The CPU builds (requirements-cpu.txt; the image uses requirements-gpu.txt). torch alone
+# first: pinned, it takes the CPU wheel instead of GBs of CUDA packages.
+$(VENV)/.installed: requirements.txt requirements-cpu.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$$(grep -E '^torch==' requirements.txt)"
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet "$$(grep -E '^torch==' requirements-cpu.txt)"
+	$(PY) -m pip install --quiet -r requirements-cpu.txt -r requirements-dev.txt
 	touch $@
 
 bundled-model: setup

@@ -38,6 +38,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HF_HUB_CACHE"] = str(_HF_HOME / "hub")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # Exact parity with sentence-transformers is checked at float32 (DTYPES=auto would pick
+    # bfloat16 on CPUs with native bf16); tests of `auto` set it themselves.
+    os.environ["DTYPES"] = "float32"
+    os.environ.pop("NVIDIA_VISIBLE_DEVICES", None)  # the CPU here is the expected device
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

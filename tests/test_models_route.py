@@ -21,7 +21,8 @@ def test_models_lists_every_deployed_model_with_what_it_can_do(worker):
         assert card["object"] == "model" and card["owned_by"] == "infinity"
         assert 0 < card["created"] <= time.time()
         assert card["stats"]["backend"] == "torch"
-        assert card["stats"]["dtype"] == "auto"
+        assert card["stats"]["dtype"] == "float32"  # what the model runs at (DTYPES=float32 here)
+        assert card["stats"]["device"] == "cpu"
         assert card["stats"]["batch_size"] == 32
     assert cards[EMBEDDER_ID]["stats"]["capabilities"] == ["embed"]
     assert cards[EMBEDDER_ID]["stats"]["embedding_dimension"] == 384

@@ -32,6 +32,7 @@ from embedding_worker.errors import (
     Overloaded,
     UnsupportedTask,
 )
+from embedding_worker.hardware import Hardware, choose_dtype
 from embedding_worker.model_sources import ModelLocations, resolve_model
 from embedding_worker.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
 from embedding_worker.settings import Backend, ModelSpec
@@ -50,6 +51,8 @@ class DeployedModel:
     spec: ModelSpec
     engine: AsyncEmbeddingEngine
     created: int  # Unix time the model was loaded
+    device: str = "cpu"  # where it runs: cuda or cpu
+    dtype: str = "float32"  # the precision it runs at (DTYPES=auto resolved)
     embedding_dimension: int | None = None  # None until known (embedders only)
     max_input_tokens: int | None = None  # longer inputs are truncated to this
     failure: str | None = None  # why the engine can no longer answer
@@ -115,13 +118,14 @@ class EngineRegistry:
         specs: list[ModelSpec],
         locations: ModelLocations,
         *,
+        hardware: Hardware,
         timeout: float,
         queue_size: int,
         onnx_quantized: bool = False,
         trust_remote_code: bool = False,
     ) -> EngineRegistry:
         """Find and load every model; raise `ModelLoadError` naming the first that fails."""
-        models = [_load(spec, locations, onnx_quantized, trust_remote_code) for spec in specs]
+        models = [_load(spec, locations, hardware, onnx_quantized, trust_remote_code) for spec in specs]
         return cls(models, timeout, queue_size)
 
     @property
@@ -208,7 +212,11 @@ class EngineRegistry:
 
 
 def _load(
-    spec: ModelSpec, locations: ModelLocations, onnx_quantized: bool, trust_remote_code: bool
+    spec: ModelSpec,
+    locations: ModelLocations,
+    hardware: Hardware,
+    onnx_quantized: bool,
+    trust_remote_code: bool,
 ) -> DeployedModel:
     from infinity_emb import AsyncEmbeddingEngine, EngineArgs
 
@@ -216,6 +224,7 @@ def _load(
     onnx = spec.backend is Backend.optimum
     found = resolve_model(spec.source, spec.revision, locations, onnx=onnx)
     path = found.path
+    dtype = choose_dtype(spec.dtype, hardware, path, spec.backend.value, spec.name)
     try:
         if onnx:
             fix_infinity_onnx_lookup()
@@ -229,7 +238,8 @@ def _load(
                 served_model_name=spec.name,
                 batch_size=spec.batch_size,
                 engine=spec.backend.value,
-                dtype=spec.dtype,
+                device=hardware.device,
+                dtype=dtype,
                 lengths_via_tokenize=True,  # usage counts tokens, not characters
                 model_warmup=False,  # a warm-up costs seconds of cold start and buys nothing here
             )
@@ -237,15 +247,18 @@ def _load(
     except Exception as exc:  # noqa: BLE001 - any load failure ends start-up with one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"could not load model {spec.source!r}: {reason}") from exc
+    if onnx:
+        dtype = "int8" if onnx_quantized else "float32"
     log.info(
-        "model %r: %s (%s); serving as %r (%s, %s, batch size %d); loaded in %.1f s",
+        "model %r: %s (%s); serving as %r (%s, %s, batch size %d) on %s; loaded in %.1f s",
         spec.source,
         found.source.value,
         path,
         spec.name,
         spec.backend.value,
-        spec.dtype,
+        dtype,
         spec.batch_size,
+        hardware.describe(),
         time.perf_counter() - started,
     )
     dimension, max_tokens = _describe(engine)
@@ -253,6 +266,8 @@ def _load(
         spec=spec,
         engine=engine,
         created=int(time.time()),
+        device=hardware.device,
+        dtype=dtype,
         embedding_dimension=dimension,
         max_input_tokens=max_tokens,
     )

@@ -237,7 +237,8 @@ class ClassifyResponse(BaseModel):
 class ModelStats(BaseModel):
     capabilities: list[str]  # of "embed", "rerank", "classify"
     backend: str
-    dtype: str
+    device: str  # cuda or cpu
+    dtype: str  # the precision it runs at (DTYPES=auto resolved for this hardware)
     batch_size: int
     embedding_dimension: int | None = None  # embedders only
     max_input_tokens: int | None = None  # longer inputs are truncated to this

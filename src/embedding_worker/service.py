@@ -116,7 +116,8 @@ def _card(model: DeployedModel) -> ModelCard:
         stats=ModelStats(
             capabilities=sorted(model.capabilities),
             backend=model.spec.backend.value,
-            dtype=model.spec.dtype,
+            device=model.device,
+            dtype=model.dtype,
             batch_size=model.spec.batch_size,
             embedding_dimension=model.embedding_dimension,
             max_input_tokens=model.max_input_tokens,

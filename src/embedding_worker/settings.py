@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedding_worker.cpu_quota import available_cpus, limit_threads
 from embedding_worker.errors import SettingsError
+from embedding_worker.hardware import Device
 from embedding_worker.schemas import RequestLimits
 
 
@@ -63,6 +64,7 @@ class WorkerSettings(BaseSettings):
     batch_sizes: str = "32"
     dtypes: str = "auto"
     backend: Backend = Backend.torch
+    device: Device = Device.auto
     infinity_queue_size: int = 48000
     runpod_max_concurrency: int = 300
     request_timeout: float = 300.0

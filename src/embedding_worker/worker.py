@@ -7,11 +7,13 @@ call `build_worker`, so they serve with the very same handler.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
 from embedding_worker.engines import EngineRegistry
 from embedding_worker.errors import WorkerError
+from embedding_worker.hardware import detect_hardware
 from embedding_worker.job_handler import JobHandler
 from embedding_worker.model_sources import ModelLocations
 from embedding_worker.service import EmbeddingService
@@ -39,10 +41,12 @@ def build_worker() -> Worker:
     """Read settings and load every model; raise `WorkerError` (one line) on failure."""
     settings = load_settings()
     settings.export_engine_environment()  # before Infinity is first imported
+    hardware = detect_hardware(settings.device, os.environ)  # before any model: fail in seconds
     locations = ModelLocations.of(settings.baked_hf_cache, settings.runpod_volume_dir)
     registry = EngineRegistry.load(
         settings.models,
         locations,
+        hardware=hardware,
         timeout=settings.request_timeout,
         queue_size=settings.infinity_queue_size,
         onnx_quantized=settings.onnx_quantized,
