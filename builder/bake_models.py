@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from embedding_worker.errors import ModelLoadError  # noqa: E402
-from embedding_worker.model_sources import cached_snapshot, download, lay_into_cache  # noqa: E402
-from embedding_worker.onnx_support import ensure_onnx  # noqa: E402
+from embedding_worker.engine.model_sources import cached_snapshot, download, lay_into_cache  # noqa: E402
+from embedding_worker.engine.onnx_support import ensure_onnx  # noqa: E402
 
 TOKEN_SECRET = Path("/run/secrets/hf_token")
 

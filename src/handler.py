@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -17,17 +18,19 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 def main() -> int:
-    from embedding_worker.worker import import_runpod, start_worker
+    from embedding_worker.serving.worker import import_runpod, start_worker
 
     worker = start_worker()
     if worker is None:
         return 1
 
     handler = worker.handler
-    # runpod logs at DEBUG by default, which stringifies every (large) output.
-    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     runpod = import_runpod()
     serve = print_outputs(handler) if runs_one_local_job(sys.argv, os.environ) else handler
+    if "--rp_serve_api" in sys.argv:
+        # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully, which
+        # would end the process with 143; a graceful stop exits 0, as the worker loop does.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         runpod.serverless.start({"handler": serve, "concurrency_modifier": handler.concurrency_modifier})
     except SystemExit as done:  # the local test path ends with sys.exit(0 or 1)

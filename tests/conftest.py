@@ -81,6 +81,35 @@ def tiny_bert_classifier(path: Path, tokenizer_source: Path, labels: list[str]) 
     return path
 
 
+def tiny_sentence_transformer(path: Path, config, tokenizer, pooling: str = "mean", **transformer_args) -> Path:
+    """A sentence-transformers folder (transformer, pooling, normalize) with random weights."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    hf_folder = path.parent / (path.name + "-hf")
+    AutoModel.from_config(config).eval().save_pretrained(hf_folder)
+    tokenizer.save_pretrained(hf_folder)
+    transformer = models.Transformer(str(hf_folder), **transformer_args)
+    pooled = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=pooling)
+    SentenceTransformer(modules=[transformer, pooled, models.Normalize()], device="cpu").save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder_path(tmp_path_factory: pytest.TempPathFactory, embedder_path: Path) -> Path:
+    """One BERT layer with MiniLM's width (384) and tokenizer: a fast stand-in where the
+    vectors' size matters, not their quality."""
+    from transformers import AutoTokenizer, BertConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(embedder_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=384, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=128, max_position_embeddings=512)
+    return tiny_sentence_transformer(tmp_path_factory.mktemp("tiny") / "bert-embedder", config, tokenizer,
+                                     max_seq_length=128)
+
+
 @pytest.fixture(scope="session")
 def reranker_path(tmp_path_factory: pytest.TempPathFactory, embedder_path: Path) -> Path:
     return tiny_bert_classifier(tmp_path_factory.mktemp("bert-reranker"), embedder_path, ["score"])
@@ -142,7 +171,7 @@ def start_worker(**variables: str) -> RunningWorker:
     with pytest.MonkeyPatch.context() as env:
         for name, value in variables.items():
             env.setenv(name, value)
-        from embedding_worker.worker import build_worker
+        from embedding_worker.serving.worker import build_worker
 
         built = build_worker()
     return RunningWorker(built.handler, built.registry)

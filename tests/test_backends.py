@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import EMBEDDER_ID, RERANKER_ID, start_worker
-from embedding_worker import onnx_support
-from embedding_worker.onnx_support import ensure_onnx, pooling_method
+from embedding_worker.engine import onnx_support
+from embedding_worker.engine.onnx_support import ensure_onnx, pooling_method
 
 TEXTS = [
     "Hello, world!",

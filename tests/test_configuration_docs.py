@@ -12,7 +12,9 @@ from embedding_worker.settings import WorkerSettings
 README = (ROOT / "README.md").read_text()
 HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
 HUB_ENV = {item["key"]: item["input"] for item in HUB["config"]["env"]}
-README_ENV = dict(re.findall(r"^\| `([A-Z_]+)` \| (.+?) \|", README, re.M))
+DOCUMENTED = dict(re.findall(r"^\| `([A-Z_]+)` \| (.+?) \|", README, re.M))
+README_ENV = {name: default for name, default in DOCUMENTED.items() if not name.startswith("LOCAL_")}
+LOCAL_ENV = {name: default for name, default in DOCUMENTED.items() if name.startswith("LOCAL_")}
 
 
 def settings_defaults() -> dict[str, object]:
@@ -41,3 +43,18 @@ def test_documents_nothing_the_worker_does_not_read():
     read = set(settings_defaults()) | {"RUNPOD_LOG_LEVEL", "HF_TOKEN"}
     assert set(HUB_ENV) == read
     assert set(README_ENV) == read
+
+
+def test_every_local_endpoint_setting_is_in_the_readme_with_its_default():
+    from embedding_worker.serving.local_endpoint import LocalEndpointConfig
+
+    fields = LocalEndpointConfig.model_fields
+    flags = {"host", "port", "api_key"}  # documented with their flags
+    assert set(LOCAL_ENV) == {f"LOCAL_{name.upper()}" for name in fields if name not in flags}
+    for name, field in fields.items():
+        if name in flags:
+            continue
+        documented = LOCAL_ENV[f"LOCAL_{name.upper()}"].strip("`")
+        default = field.default
+        assert documented == ("*(none)*" if default == "" else f"{default:g}" if isinstance(default, float)
+                              else str(default)), name

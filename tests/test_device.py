@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import EMBEDDER_ID, ROOT, start_worker
-from embedding_worker import hardware
+from embedding_worker.engine import hardware
 from embedding_worker.errors import SettingsError
-from embedding_worker.hardware import Device, Hardware, choose_dtype, detect_hardware, gpu_expected
+from embedding_worker.engine.hardware import Device, Hardware, choose_dtype, detect_hardware, gpu_expected
 
 JOB = json.dumps({"input": {"model": EMBEDDER_ID, "input": "Hello"}})
 

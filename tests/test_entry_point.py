@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -114,8 +113,7 @@ def test_rp_serve_api_answers_runsync_and_exits_on_sigterm(hub_cache, sentence_t
     finally:
         server.terminate()
         exit_code = server.wait(30)  # a hang here means the engines kept the process alive
-    # uvicorn shuts down, then re-raises the SIGTERM it caught: the process ends by that signal.
-    assert exit_code in (0, -signal.SIGTERM)
+    assert exit_code == 0  # a graceful stop, not death by the re-raised signal (143)
 
 
 def test_a_corrupt_model_exits_1_within_seconds_naming_it(tmp_path: Path, embedder_path):

@@ -189,7 +189,7 @@ def test_the_hub_tests_run_on_a_gpu_of_the_hubs_pools_and_survive_a_first_downlo
 
 @pytest.mark.parametrize("test", TESTS["tests"], ids=lambda t: t["name"])
 def test_tests_json_inputs_are_valid_requests(test):
-    from embedding_worker.job_input import normalize_job_input
+    from embedding_worker.api.job_input import normalize_job_input
 
     env = {item["key"]: item["value"] for item in TESTS["config"]["env"]}
     job = normalize_job_input(test["input"])

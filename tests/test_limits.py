@@ -6,8 +6,8 @@ import pytest
 
 from conftest import EMBEDDER_ID, RERANKER_ID
 from embedding_worker.errors import InvalidRequest
-from embedding_worker.job_input import normalize_job_input
-from embedding_worker.schemas import RequestLimits
+from embedding_worker.api.job_input import normalize_job_input
+from embedding_worker.api.schemas import RequestLimits
 
 LIMITS = RequestLimits(max_embed_inputs=4, max_rerank_docs=3, max_input_chars=10)
 

@@ -151,7 +151,8 @@ def test_runpod_api_wrong_key_gets_401_and_health_stays_open(endpoint):
 def test_unknown_job_and_malformed_bodies(endpoint):
     headers = {"Authorization": f"Bearer {API_KEY}"}
     assert httpx.get(f"{endpoint}/status/nope", headers=headers).status_code == 404
-    assert httpx.post(f"{endpoint}/runsync", content=b"{", headers=headers).status_code == 400
+    json_type = {**headers, "Content-Type": "application/json"}
+    assert httpx.post(f"{endpoint}/runsync", content=b"{", headers=json_type).status_code == 400
     assert httpx.post(f"{endpoint}/runsync", json={"no": "input"}, headers=headers).status_code == 400
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import EMBEDDER_ID, ROOT
 from cache_local_model import cache_local_model
 from embedding_worker.errors import ModelLoadError
-from embedding_worker.model_sources import ModelLocations, ModelSource, resolve_model
+from embedding_worker.engine.model_sources import ModelLocations, ModelSource, resolve_model
 
 
 @pytest.fixture

@@ -96,6 +96,10 @@ def test_dtype_spellings_map_to_infinity_names(env, spelling, infinity_name):
 CASES = {
     "missing MODEL_NAMES": ({}, "MODEL_NAMES is required"),
     "MODEL_NAMES with no names": ({"MODEL_NAMES": " ; ;"}, "MODEL_NAMES: names no model"),
+    "MODEL_NAMES with a path out": ({"MODEL_NAMES": "a/.."}, "MODEL_NAMES: 'a/..' is neither a local folder "
+                                                              "nor a Hugging Face id (org/name)"),
+    "MODEL_NAMES with a space": ({"MODEL_NAMES": "a/b;bad name"}, "MODEL_NAMES: 'bad name' is neither"),
+    "DEVICE unknown": ({"DEVICE": "tpu"}, "DEVICE: 'tpu': Input should be 'auto', 'cuda' or 'cpu'"),
     "BATCH_SIZES not an integer": ({"BATCH_SIZES": "32;abc"}, "BATCH_SIZES: 'abc' is not a positive integer"),
     "BATCH_SIZES zero": ({"BATCH_SIZES": "0"}, "BATCH_SIZES: '0' is not a positive integer"),
     "BATCH_SIZES too many": ({"BATCH_SIZES": "1;2;3"}, "BATCH_SIZES: 3 values for 2 models ('1;2;3')"),

@@ -10,9 +10,9 @@ import base64
 
 import numpy as np
 
-from embedding_worker.engines import DeployedModel, EngineRegistry
+from embedding_worker.engine.registry import DeployedModel, EngineRegistry
 from embedding_worker.errors import InvalidRequest
-from embedding_worker.schemas import (
+from embedding_worker.api.schemas import (
     Classification,
     ClassifyRequest,
     ClassifyResponse,

@@ -12,10 +12,10 @@ from enum import Enum
 from pydantic import BaseModel, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from embedding_worker.cpu_quota import available_cpus, limit_threads
+from embedding_worker.engine.cpu_quota import available_cpus, limit_threads
 from embedding_worker.errors import SettingsError
-from embedding_worker.hardware import Device
-from embedding_worker.schemas import RequestLimits
+from embedding_worker.engine.hardware import Device
+from embedding_worker.api.schemas import RequestLimits
 
 
 class Backend(str, Enum):
@@ -81,6 +81,15 @@ class WorkerSettings(BaseSettings):
     def _at_least_one_model(cls, value: str) -> str:
         if not _split(value):
             raise ValueError("names no model; give `;`-separated Hugging Face ids or paths")
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        for name in _split(value):
+            if os.path.isdir(name) or name.startswith(("/", "./", "../", "~")):
+                continue  # a folder: whether it holds a model is checked when it loads
+            try:
+                validate_repo_id(name)
+            except HFValidationError:
+                raise ValueError(f"{name!r} is neither a local folder nor a Hugging Face id (org/name)") from None
         return value
 
     @field_validator("batch_sizes")

@@ -5,7 +5,9 @@ Same URL layout and bodies as the deployed endpoint, so client code runs unchang
   `GET /v2/{id}/health`; jobs run through runpod's own `run_job` with the worker's handler.
 - OpenAI gateway: `GET /v2/{id}/openai/v1/models`, `POST /v2/{id}/openai/v1/embeddings`,
   `.../rerank`, `.../classify`; each becomes an `openai_route` job, as RunPod's gateway
-  does, and a failed one is answered with an OpenAI error body and a 4xx/5xx status.
+  does, and a failed one is answered with an OpenAI error body and a 4xx/5xx status;
+  so is any other path under `/openai/v1`.
+Requests pass `http_defences.RequestGuard` first (host, origin, JSON, body size and time).
 """
 
 from __future__ import annotations
@@ -19,20 +21,36 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.requests import ClientDisconnect
 
 from embedding_worker.errors import WorkerError
-from embedding_worker.job_store import JobStore
-from embedding_worker.worker import Worker
+from embedding_worker.serving.http_defences import RequestGuard
+from embedding_worker.serving.job_store import JobStore
+from embedding_worker.serving.worker import Worker
 
 log = logging.getLogger(__name__)
 
 
-class LocalEndpointConfig(BaseModel):
+class LocalEndpointConfig(BaseSettings):
+    """The local endpoint's settings: flags of `src/local_endpoint.py`, or LOCAL_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCAL_", case_sensitive=False, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
     api_key: str = ""  # when set, every route but health and docs needs it
+    allowed_hosts: str = ""  # `,`-separated names served besides loopback names and IP addresses
+    max_body_bytes: int = 20 * 2**20  # RunPod's own cap for /runsync bodies
+    body_timeout: float = 30.0  # seconds a request body may take to arrive
+    header_timeout: float = 10.0  # seconds a connection may take to send its request headers
+    keep_alive_timeout: float = 5.0  # seconds an idle keep-alive connection stays open
+    max_connections: int = 1000  # connections and requests at once; more get 503
     runsync_wait: float = 90.0  # seconds /runsync waits before answering IN_PROGRESS
-    result_ttl: float = 1800.0  # seconds a finished job stays readable from /status
-    max_jobs: int = 10_000  # finished jobs kept at most
+    result_ttl: float = 1800.0  # seconds a /run result stays readable from /status
+    runsync_ttl: float = 60.0  # seconds a /runsync result stays readable from /status
+    max_result_bytes: int = 128 * 2**20  # kept results, as JSON; the oldest go first past it
+    max_jobs: int = 10_000  # jobs kept at most
 
 
 def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
@@ -44,8 +62,10 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
     async def lifespan(app: FastAPI):
         state["jobs"] = JobStore(
             lambda job: run_job(worker.handler, job),
-            concurrency=worker.settings.runpod_max_concurrency,
+            capacity=worker.handler.concurrency_modifier,
             ttl=config.result_ttl,
+            runsync_ttl=config.runsync_ttl,
+            max_bytes=config.max_result_bytes,
             max_jobs=config.max_jobs,
         )
         await worker.registry.start()
@@ -69,7 +89,13 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
         title="Infinity Embedding Worker (local endpoint)",
         lifespan=lifespan,
         default_response_class=FastJSON,
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, ClientDisconnect: _client_gone},
+    )
+    app.add_middleware(
+        RequestGuard,
+        allowed_hosts=[config.host, *config.allowed_hosts.split(",")],
+        max_body_bytes=config.max_body_bytes,
+        body_timeout=config.body_timeout,
     )
     runpod_api = APIRouter(prefix="/v2/{endpoint_id}", dependencies=[Depends(authorized)])
     openai_api = APIRouter(prefix="/v2/{endpoint_id}/openai/v1", dependencies=[Depends(authorized)])
@@ -95,19 +121,19 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
 
     @runpod_api.post("/runsync")
     async def runsync(endpoint_id: str, request: Request) -> Response:
-        job = jobs().submit(await _job_input(request))
+        job = jobs().submit(await _job_input(request), sync=True)
         try:
             await asyncio.wait_for(asyncio.shield(job.done.wait()), config.runsync_wait)
         except TimeoutError:
             pass  # like RunPod: answer with the status; the client polls /status
-        return FastJSON(job.to_api())
+        return Response(job.to_api_json(), media_type="application/json")
 
     @runpod_api.get("/status/{job_id}")
     async def status(endpoint_id: str, job_id: str) -> Response:
         job = jobs().get(job_id)
         if job is None:
             raise HTTPException(404, f"job {job_id!r} does not exist or has expired")
-        return FastJSON(job.to_api())
+        return Response(job.to_api_json(), media_type="application/json")
 
     async def openai_job(route: str, body: Any = None) -> Response:
         job_input: dict[str, Any] = {"openai_route": route}
@@ -131,8 +157,14 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
     for route in ("/v1/embeddings", "/v1/rerank", "/v1/classify"):
         openai_api.add_api_route(route.removeprefix("/v1"), forward_to(route), methods=["POST"])
 
+    async def unknown_openai_path(endpoint_id: str, path: str) -> Response:
+        raise HTTPException(404, f"/v1/{path} is not served here; served: /v1/models, /v1/embeddings, "
+                                 "/v1/rerank, /v1/classify, /v1/tokenize")
+
     app.include_router(runpod_api)
     app.include_router(openai_api)
+    app.add_api_route("/v2/{endpoint_id}/openai/v1/{path:path}", unknown_openai_path,
+                      methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     return app
 
 
@@ -170,6 +202,10 @@ def _openai_error(error: WorkerError) -> Response:
         },
         status_code=error.status_code,
     )
+
+
+async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    return Response(status_code=499)  # nobody is listening: no body, no log
 
 
 def _error_type(status_code: int) -> str:

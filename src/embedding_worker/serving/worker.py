@@ -11,11 +11,11 @@ import os
 import sys
 from dataclasses import dataclass
 
-from embedding_worker.engines import EngineRegistry
+from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.errors import WorkerError
-from embedding_worker.hardware import detect_hardware
-from embedding_worker.job_handler import JobHandler
-from embedding_worker.model_sources import ModelLocations
+from embedding_worker.engine.hardware import detect_hardware
+from embedding_worker.serving.job_handler import JobHandler
+from embedding_worker.engine.model_sources import ModelLocations
 from embedding_worker.service import EmbeddingService
 from embedding_worker.settings import WorkerSettings, load_settings
 
@@ -75,6 +75,8 @@ def import_runpod():
     """
     import cpuinfo
 
+    # runpod logs at DEBUG by default: three lines a job, each stringifying the output.
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     cpuinfo.get_cpu_info = lambda: {"brand_raw": cpu_name()}
     import runpod
 

@@ -14,6 +14,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -125,7 +127,7 @@ class EmbeddingRequest(_TextsRequest):
     """OpenAI `/v1/embeddings` body; also the standard `{"model", "input"}` job."""
 
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)  # keep the first N, then renormalise
+    dimensions: StrictInt | None = Field(default=None, ge=1)  # keep the first N, then renormalise
     user: str | None = None  # accepted and ignored, as OpenAI clients send it
 
 
@@ -146,11 +148,11 @@ class RerankRequest(_Request):
 
     query: str
     docs: list[str] = Field(validation_alias=AliasChoices("docs", "documents"))
-    top_n: int | None = Field(default=None, ge=1)  # only the best N results
-    return_docs: bool = Field(
+    top_n: StrictInt | None = Field(default=None, ge=1)  # only the best N results
+    return_docs: StrictBool = Field(
         default=False, validation_alias=AliasChoices("return_docs", "return_documents")
     )
-    raw_scores: bool = False  # logits instead of sigmoid scores
+    raw_scores: StrictBool = False  # logits instead of sigmoid scores
 
     @model_validator(mode="before")
     @classmethod

@@ -9,12 +9,13 @@ RunPod reports as a FAILED job).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from embedding_worker.errors import InternalError, WorkerError
-from embedding_worker.job_input import Job, Route, normalize_job_input
-from embedding_worker.schemas import ClassifyRequest, RequestLimits
+from embedding_worker.api.job_input import Job, Route, normalize_job_input
+from embedding_worker.api.schemas import ClassifyRequest, RequestLimits
 from embedding_worker.service import EmbeddingService
 
 log = logging.getLogger(__name__)
@@ -94,4 +95,9 @@ class JobHandler:
         return response.model_dump(mode="json", exclude_none=True)
 
     def concurrency_modifier(self, current_concurrency: int) -> int:
-        return self.max_concurrency
+        """How many jobs to take at once: RUNPOD_MAX_CONCURRENCY while the engines have room,
+        proportionally fewer as the fullest model's backlog nears its limit (its queue, or
+        REQUEST_TIMEOUT of work), so RunPod routes work to other workers instead of this one
+        failing it; more again as the backlog drains."""
+        headroom = 1.0 - self.service.registry.fullness()
+        return max(1, min(self.max_concurrency, math.floor(self.max_concurrency * headroom)))

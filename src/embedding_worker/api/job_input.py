@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from embedding_worker.errors import InvalidRequest
-from embedding_worker.schemas import (
+from embedding_worker.api.schemas import (
     ClassifyRequest,
     EmbeddingRequest,
     ModelsRequest,

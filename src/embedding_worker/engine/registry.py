@@ -5,15 +5,18 @@ event loop that serves jobs (Infinity binds to the loop it starts in), resolves 
 a request names, and stops the engines so the process can exit (Infinity's worker threads
 are not daemons).
 
-Every engine call goes through `call`, which keeps a failing engine from hanging the worker:
-- it is bounded by REQUEST_TIMEOUT;
-- it is refused at once when it would take the model past INFINITY_QUEUE_SIZE items in
-  flight (memory stays bounded);
-- when a forward pass raises, Infinity's worker thread dies and that engine never answers
-  again: the model is marked failed at that moment, its requests in flight fail at once,
-  later ones are refused at once, and the job results ask RunPod to replace the worker.
-  An engine that times out STUCK_AFTER_TIMEOUTS times in a row is treated the same way.
-  Other models keep serving.
+Every engine call goes through `call`, which keeps the worker honest under load:
+- admission: a request is refused at once, with a retry-later error, when it would take
+  the model past INFINITY_QUEUE_SIZE items in flight, or when the backlog at the measured
+  throughput would take longer than REQUEST_TIMEOUT to clear;
+- each request has its own deadline, REQUEST_TIMEOUT from admission; past it the request
+  fails with a clear message, its queued items are dropped, and nothing else is inferred;
+- liveness comes from progress (`health.EngineHealth`): the engine is stuck only when it
+  holds work and has finished no batch for REQUEST_TIMEOUT;
+- when a pipeline stage raises, Infinity's thread dies and that engine never answers again:
+  the model fails at that moment, its requests in flight fail at once, later ones are
+  refused at once, and the job results ask RunPod to replace the worker. Other models keep
+  serving. A forward pass that runs out of memory is retried in halves instead.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from embedding_worker.errors import (
     Overloaded,
     UnsupportedTask,
 )
-from embedding_worker.hardware import Hardware, choose_dtype
-from embedding_worker.model_sources import ModelLocations, resolve_model
-from embedding_worker.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
+from embedding_worker.engine.hardware import Hardware, choose_dtype
+from embedding_worker.engine.health import EngineHealth
+from embedding_worker.engine.model_sources import ModelLocations, resolve_model
+from embedding_worker.engine.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
 from embedding_worker.settings import Backend, ModelSpec
 
 if TYPE_CHECKING:
@@ -42,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ResultT = TypeVar("ResultT")
-STUCK_AFTER_TIMEOUTS = 3
-PIPELINE_STAGES = ("encode_pre", "encode_core", "encode_post")  # each runs in its own thread
 
 
 @dataclass
@@ -55,10 +57,10 @@ class DeployedModel:
     dtype: str = "float32"  # the precision it runs at (DTYPES=auto resolved)
     embedding_dimension: int | None = None  # None until known (embedders only)
     max_input_tokens: int | None = None  # longer inputs are truncated to this
-    failure: str | None = None  # why the engine can no longer answer
-    timeouts_in_a_row: int = 0
-    items_in_flight: int = 0  # admitted to the engine and not yet answered
-    _failed: asyncio.Event | None = field(default=None, repr=False)
+    health: EngineHealth = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.health = EngineHealth(self.spec.name)
 
     @property
     def name(self) -> str:
@@ -74,31 +76,6 @@ class DeployedModel:
             raise UnsupportedTask(
                 f"model: {self.name!r} cannot {capability}; it supports: {can_do}"
             )
-
-    def mark_failed(self, reason: str) -> None:
-        if self.failure is None:
-            self.failure = " ".join(reason.split())[:300]
-            log.error("model %r can no longer answer: %s", self.name, self.failure)
-        if self._failed is not None:
-            self._failed.set()
-
-    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Report a pipeline stage's exception (which ends Infinity's thread) to the loop."""
-        self._failed = asyncio.Event()
-        for replica in getattr(self.engine, "_model_replicas", []):
-            for stage in PIPELINE_STAGES:
-                setattr(replica, stage, self._guarded(getattr(replica, stage), stage, loop))
-
-    def _guarded(self, run: Callable, stage: str, loop: asyncio.AbstractEventLoop) -> Callable:
-        def guarded(*args, **kwargs):
-            try:
-                return run(*args, **kwargs)
-            except BaseException as exc:
-                reason = f"its engine failed in {stage}: {type(exc).__name__}: {exc}"
-                loop.call_soon_threadsafe(self.mark_failed, reason)
-                raise
-
-        return guarded
 
 
 class EngineRegistry:
@@ -134,10 +111,20 @@ class EngineRegistry:
 
     @property
     def healthy(self) -> bool:
-        return all(model.failure is None for model in self._models.values())
+        return all(model.health.failure is None for model in self._models.values())
 
     def health(self) -> dict[str, str]:
-        return {m.name: "failed: " + m.failure if m.failure else "ok" for m in self._models.values()}
+        return {m.name: "failed: " + m.health.failure if m.health.failure else "ok" for m in self._models.values()}
+
+    def fullness(self) -> float:
+        """How full the fullest model is, 0 to 1: its items against INFINITY_QUEUE_SIZE, or
+        its expected wait against REQUEST_TIMEOUT, whichever is nearer its limit."""
+        fullest = 0.0
+        for model in self._models.values():
+            wait = model.health.expected_wait()
+            fullest = max(fullest, model.health.backlog / self._queue_size,
+                          0.0 if wait is None else wait / self._timeout)
+        return min(1.0, fullest)
 
     def resolve(self, name: str) -> DeployedModel:
         # Never Infinity's own lookup: with one engine it answers for any name.
@@ -159,7 +146,7 @@ class EngineRegistry:
                 await self._array.astart()
                 loop = asyncio.get_running_loop()
                 for model in self._models.values():
-                    model.watch(loop)
+                    model.health.attach(model.engine, loop)
                 self._started = True
 
     async def stop(self) -> None:
@@ -175,38 +162,53 @@ class EngineRegistry:
         self, model: DeployedModel, work: Callable[[], Awaitable[ResultT]], items: int
     ) -> ResultT:
         """Run `work()` on the model's engine for `items` inputs, bounded as the module says."""
+        health = model.health
         self._refuse_if_failed(model)
-        # Counted here, not read from Infinity's queue: items reach that queue only after
-        # tokenisation, and its batcher moves them on to internal queues it does not report.
-        if model.items_in_flight + items > self._queue_size:
-            raise Overloaded(
-                f"model {model.name!r} is overloaded: {model.items_in_flight} items in flight, this "
-                f"request adds {items}, the limit is {self._queue_size} (INFINITY_QUEUE_SIZE); retry later"
-            )
-        model.items_in_flight += items
+        self._admit(model, items)
+        health.admit(items)
         task = asyncio.ensure_future(work())
-        failed = asyncio.ensure_future(model._failed.wait())
+        failed = asyncio.ensure_future(health.wait_failed())
         try:
             await asyncio.wait({task, failed}, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             failed.cancel()
-            model.items_in_flight -= items
         if task.done():
-            model.timeouts_in_a_row = 0
+            health.finish(items)
             return task.result()
-        task.cancel()
+        task.cancel()  # Infinity skips the cancelled items still in its queue
+        health.abandon(items)
         self._refuse_if_failed(model)
-        model.timeouts_in_a_row += 1
-        if model.timeouts_in_a_row >= STUCK_AFTER_TIMEOUTS:
-            model.mark_failed(f"its engine did not answer {STUCK_AFTER_TIMEOUTS} times in a row")
+        if health.stuck(self._timeout):
+            health.mark_failed(f"its engine finished no batch in {self._timeout:g} s while it had work")
             self._refuse_if_failed(model)
-        raise EngineFailure(f"model {model.name!r} did not answer within {self._timeout:g} s (REQUEST_TIMEOUT)")
+        raise EngineFailure(
+            f"model {model.name!r} did not answer within {self._timeout:g} s (REQUEST_TIMEOUT): "
+            "it is busy; retry later or send smaller requests"
+        )
+
+    def _admit(self, model: DeployedModel, items: int) -> None:
+        """Refuse work that would overflow the queue or could not finish in time."""
+        health = model.health
+        # Counted here, not read from Infinity's queue: items reach that queue only after
+        # tokenisation, and its batcher moves them on to internal queues it does not report.
+        if health.backlog + items > self._queue_size:
+            raise Overloaded(
+                f"model {model.name!r} is overloaded: {health.backlog} items in flight, this "
+                f"request adds {items}, the limit is {self._queue_size} (INFINITY_QUEUE_SIZE); retry later"
+            )
+        wait = health.expected_wait(items)
+        if wait is not None and wait > self._timeout and health.backlog:
+            raise Overloaded(
+                f"model {model.name!r} is overloaded: {health.backlog + items} items would take "
+                f"about {wait:.0f} s at {health.throughput:.0f} items/s, more than {self._timeout:g} s "
+                "(REQUEST_TIMEOUT); retry later"
+            )
 
     @staticmethod
     def _refuse_if_failed(model: DeployedModel) -> None:
-        if model.failure is not None:
+        if model.health.failure is not None:
             raise EngineFailure(
-                f"model {model.name!r} is unavailable: {model.failure}; the worker asked to be replaced",
+                f"model {model.name!r} is unavailable: {model.health.failure}; the worker asked to be replaced",
                 refresh_worker=True,
             )
 

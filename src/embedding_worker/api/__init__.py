@@ -1,0 +1,1 @@
+"""The wire formats: request and response schemas, job input normalisation."""

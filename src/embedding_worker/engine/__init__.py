@@ -1,0 +1,1 @@
+"""The engines: hardware, model sources, loading, the registry and its health."""

@@ -1,0 +1,212 @@
+"""Is an engine alive, and how much work does it hold? Judged by progress, not latency.
+
+Infinity runs each model's pipeline (tokenise -> forward pass -> post-process) in its own
+threads. `EngineHealth.attach` wraps those stages so that the serving loop learns of:
+- every finished batch (progress): when, how many items, and the throughput so far;
+- a stage that raises: Infinity's thread has died and the engine will never answer again,
+  so the model fails at once;
+- a forward pass that runs out of memory: retried in halves of the batch, so that one
+  oversized batch fails nothing and the engine keeps serving.
+
+A request queued behind others is not a sign of a dead engine. An engine is stuck only when
+it holds work and has finished no batch for REQUEST_TIMEOUT seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PIPELINE_STAGES = ("encode_pre", "encode_core", "encode_post")  # each runs in its own thread
+THROUGHPUT_SMOOTHING = 0.3  # weight of the newest batch in the throughput average
+
+
+class EngineHealth:
+    """Progress, backlog and failure of one model's engine (read and written on the loop,
+    except the counters named as written by a pipeline thread)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.failure: str | None = None  # why the engine can no longer answer
+        self.items_in_flight = 0  # admitted for requests still waiting for their answer
+        self.busy_since: float | None = None  # when the backlog last rose from 0
+        self.last_progress = 0.0  # when the engine last finished a batch
+        self.started_items = 0  # items that entered the pipeline (pre-processing thread only)
+        self.completed_items = 0  # items the pipeline finished
+        self.throughput: float | None = None  # items/s while busy; None until measured
+        self.oom_retries = 0  # forward passes that ran out of memory and were split
+        self._orphan_mark = 0  # items that had entered the pipeline when a request last gave up
+        self._failed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- the pipeline's side -------------------------------------------------------------
+    def attach(self, engine: Any, loop: asyncio.AbstractEventLoop) -> None:
+        """Wrap the engine's pipeline stages (call once, in the loop that serves jobs)."""
+        self._loop = loop
+        self._failed = asyncio.Event()
+        for replica in getattr(engine, "_model_replicas", []):
+            pre, core, post = (getattr(replica, stage) for stage in PIPELINE_STAGES)
+            replica.encode_pre = self._guarded(self._counting(pre), "encode_pre")
+            replica.encode_core = self._guarded(self._splitting_on_oom(core), "encode_core")
+            replica.encode_post = self._guarded(self._reporting(post), "encode_post")
+
+    def _guarded(self, run: Callable, stage: str) -> Callable:
+        def guarded(*args, **kwargs):
+            try:
+                return run(*args, **kwargs)
+            except BaseException as exc:
+                reason = f"its engine failed in {stage}: {type(exc).__name__}: {exc}"
+                self._loop.call_soon_threadsafe(self.mark_failed, reason)
+                raise
+
+        return guarded
+
+    def _counting(self, run: Callable) -> Callable:
+        def counting(items, *args, **kwargs):
+            features = run(items, *args, **kwargs)
+            self.started_items += len(items)
+            return features
+
+        return counting
+
+    def _reporting(self, run: Callable) -> Callable:
+        def reporting(*args, **kwargs):
+            results = run(*args, **kwargs)
+            self._loop.call_soon_threadsafe(self._progress, len(results))
+            return results
+
+        return reporting
+
+    def _splitting_on_oom(self, run: Callable) -> Callable:
+        def forward(features, *args, **kwargs):
+            try:
+                return run(features, *args, **kwargs)
+            except Exception as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+                halves = _halves(features)
+                if halves is None:
+                    raise
+                _free_gpu_cache()
+                self.oom_retries += 1
+                log.warning("model %r: a batch of %d ran out of memory; retrying it in halves",
+                            self.name, _batch_size(features))
+                return _joined([forward(half, *args, **kwargs) for half in halves])
+
+        return forward
+
+    def _progress(self, items: int) -> None:
+        now = time.monotonic()
+        since = max(self.last_progress, self.busy_since or now)
+        if now > since and items:
+            sample = items / (now - since)
+            self.throughput = sample if self.throughput is None else (
+                THROUGHPUT_SMOOTHING * sample + (1 - THROUGHPUT_SMOOTHING) * self.throughput)
+        self.last_progress = now
+        self.completed_items += items
+        if self.backlog == 0:
+            self.busy_since = None
+
+    # --- the serving loop's side ---------------------------------------------------------
+    def mark_failed(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = " ".join(reason.split())[:300]
+            log.error("model %r can no longer answer: %s", self.name, self.failure)
+        if self._failed is not None:
+            self._failed.set()
+
+    async def wait_failed(self) -> None:
+        await self._failed.wait()
+
+    @property
+    def backlog(self) -> int:
+        """Items the engine still has to compute: those of requests waiting for an answer,
+        and those of requests that gave up but had already entered a batch."""
+        return self.items_in_flight + max(0, self._orphan_mark - self.completed_items)
+
+    def expected_wait(self, extra_items: int = 0) -> float | None:
+        """Seconds to finish the backlog plus `extra_items`, at the measured throughput."""
+        if not self.throughput:
+            return None
+        return (self.backlog + extra_items) / self.throughput
+
+    def admit(self, items: int) -> None:
+        if self.backlog == 0:
+            self.busy_since = time.monotonic()
+        self.items_in_flight += items
+
+    def finish(self, items: int) -> None:
+        self.items_in_flight -= items
+        if self.backlog == 0:
+            self.busy_since = None
+
+    def abandon(self, items: int) -> None:
+        """A request gave up (its deadline passed): Infinity drops its items still queued,
+        but computes those already in a batch, which stay in the backlog until everything
+        that had entered the pipeline by now has come out."""
+        self._orphan_mark = max(self._orphan_mark, self.started_items)
+        self.finish(items)
+
+    def stuck(self, timeout: float) -> bool:
+        """It holds work and has finished no batch for `timeout` seconds."""
+        if self.backlog == 0 or self.busy_since is None:
+            return False
+        return time.monotonic() - max(self.last_progress, self.busy_since) >= timeout
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:
+        pass
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def _batch_size(features: Any) -> int:
+    if isinstance(features, dict):
+        return len(next(iter(features.values())))
+    return len(features)
+
+
+def _halves(features: Any) -> list[Any] | None:
+    """The batch split in two along its first axis, where its form allows; None otherwise."""
+    size = _batch_size(features) if isinstance(features, (dict, list)) and features else 0
+    if size < 2:
+        return None
+    middle = size // 2
+    if isinstance(features, list):
+        return [features[:middle], features[middle:]]
+    if not all(hasattr(value, "shape") and len(value) == size for value in features.values()):
+        return None
+    return [{k: v[:middle] for k, v in features.items()}, {k: v[middle:] for k, v in features.items()}]
+
+
+def _joined(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, list):
+        return [item for part in parts for item in part]
+    import torch
+
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    import numpy as np
+
+    return np.concatenate(parts)
+
+
+def _free_gpu_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass

@@ -1,0 +1,1 @@
+"""How jobs arrive: the RunPod handler, the worker builder, the local endpoint."""

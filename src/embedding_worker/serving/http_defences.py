@@ -1,0 +1,182 @@
+"""How the local endpoint defends itself against careless and hostile clients.
+
+- `RequestGuard` (ASGI middleware): a request reaches the API only if
+  - its `Host` is a loopback name, an IP address or a configured name (421 otherwise), so
+    a web page cannot reach the endpoint through DNS rebinding;
+  - its `Origin`, when a browser sends one, passes the same rule (403);
+  - a POST says `Content-Type: application/json` (415), so a cross-site "simple" request
+    (`text/plain`, forms) cannot run jobs;
+  - its body is at most `max_body_bytes` (413) and arrives within `body_timeout` (408).
+  Each refusal is a one-line JSON error.
+- `serve`: uvicorn with the h11 parser, whose header size is bounded, plus a timeout for a
+  connection that does not complete its request headers, keep-alive and connection caps;
+  on SIGTERM it drains and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class BodyRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def host_allowed(host: str, allowed_names: frozenset[str]) -> bool:
+    """A loopback name, a configured name or any IP literal (DNS rebinding needs a name)."""
+    name = host.strip().lower()
+    if name.startswith("["):  # [::1]:8000
+        name = name[1:name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name in LOOPBACK_NAMES or name in allowed_names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class RequestGuard:
+    def __init__(self, app, *, allowed_hosts: Iterable[str], max_body_bytes: int, body_timeout: float) -> None:
+        self.app = app
+        self.allowed = frozenset(h.strip().lower() for h in allowed_hosts if h.strip())
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._refusal(scope["method"], headers)
+        if refusal is not None:
+            return await _error(send, *refusal)
+        state = {"started": False}
+
+        async def sending(message: dict[str, Any]) -> None:
+            state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, self._bounded(receive), sending)
+        except BodyRefused as refused:
+            if not state["started"]:
+                await _error(send, refused.status, str(refused))
+
+    def _refusal(self, method: str, headers: dict[str, str]) -> tuple[int, str] | None:
+        host = headers.get("host", "")
+        if not host_allowed(host, self.allowed):
+            return 421, f"host {host!r} is not served here; use 127.0.0.1 or localhost, or add it to LOCAL_ALLOWED_HOSTS"
+        origin = headers.get("origin")
+        if origin and origin != "null" and not host_allowed(urlsplit(origin).netloc, self.allowed):
+            return 403, f"cross-origin requests from {origin!r} are refused"
+        if origin == "null":
+            return 403, "cross-origin requests from an opaque origin are refused"
+        if method == "POST":
+            content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if content_type != "application/json":
+                return 415, f"the body must be JSON with Content-Type: application/json, got {content_type or 'none'!r}"
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                return 413, f"the body has {int(length)} bytes; the limit is {self.max_body_bytes} (LOCAL_MAX_BODY_BYTES)"
+        return None
+
+    def _bounded(self, receive):
+        deadline = time.monotonic() + self.body_timeout
+        state = {"received": 0, "complete": False}
+
+        async def bounded_receive() -> dict[str, Any]:
+            if state["complete"]:  # after the body: only a disconnect, whenever it comes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BodyRefused(408, f"the body did not arrive within {self.body_timeout:g} s "
+                                       "(LOCAL_BODY_TIMEOUT)") from None
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > self.max_body_bytes:
+                    raise BodyRefused(413, f"the body has more than {self.max_body_bytes} bytes; "
+                                           "the limit is LOCAL_MAX_BODY_BYTES")
+                state["complete"] = not message.get("more_body", False)
+            return message
+
+        return bounded_receive
+
+
+async def _error(send, status: int, message: str) -> None:
+    body = orjson.dumps({"error": message})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve(app, *, host: str, port: int, header_timeout: float, keep_alive_timeout: float,
+          max_connections: int) -> None:
+    """Run uvicorn with the connection-level defences; return after a graceful stop."""
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        """Closes a connection whose request headers are not complete `header_timeout`
+        seconds after it opened or its last response ended (slow-trickling clients)."""
+
+        _timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._timer is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()
+            super().data_received(data)
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(header_timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _too_slow(self) -> None:
+            self._timer = None
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.close()
+
+    class Server(uvicorn.Server):
+        """On SIGTERM or SIGINT: stop accepting, finish what is in flight, stop the engines,
+        exit 0 (as a RunPod worker does), instead of re-raising the signal afterwards."""
+
+        def handle_exit(self, sig, frame) -> None:
+            self.force_exit = self.should_exit  # a second signal: stop waiting
+            self.should_exit = True
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", http=HeaderTimeoutProtocol,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=keep_alive_timeout,
+        limit_concurrency=max_connections,
+    )
+    Server(config).run()
