@@ -284,7 +284,7 @@ def import_costs() -> dict:
     """`python -X importtime` of what the worker imports, and runpod's import with and
     without its cpuinfo subprocess (the cut this worker makes)."""
     code = ("import sys; sys.path.insert(0, 'src'); import infinity_emb; "
-            "from embedding_worker.serving.worker import import_runpod; import_runpod()")
+            "from embedding_worker.serving.runpod_patches import import_runpod; import_runpod()")
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=ROOT, env=ENV,
                           capture_output=True, text=True)
     cumulative = {}
@@ -303,7 +303,7 @@ def import_costs() -> dict:
 
     plain = timed("import time; s = time.perf_counter(); import runpod; print(time.perf_counter() - s)")
     cut = timed("import sys, time; sys.path.insert(0, 'src'); s = time.perf_counter(); "
-                "from embedding_worker.serving.worker import import_runpod; import_runpod(); print(time.perf_counter() - s)")
+                "from embedding_worker.serving.runpod_patches import import_runpod; import_runpod(); print(time.perf_counter() - s)")
     return {"top_level_imports_s": top, "runpod_import_s": {"before": plain, "after": cut}}
 
 
@@ -408,7 +408,7 @@ def hardware() -> dict:
     import torch
 
     from embedding_worker.engine.cpu_quota import available_cpus, cpu_quota
-    from embedding_worker.serving.worker import cpu_name
+    from embedding_worker.serving.runpod_patches import cpu_name
 
     return {"cpu": cpu_name(), "cores_usable": len(os.sched_getaffinity(0)), "cgroup_cpu_quota": cpu_quota(),
             "threads_used": available_cpus(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),

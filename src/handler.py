@@ -18,7 +18,8 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 def main() -> int:
-    from embedding_worker.serving.worker import import_runpod, start_worker
+    from embedding_worker.serving.runpod_patches import import_runpod
+    from embedding_worker.serving.worker import start_worker
 
     worker = start_worker()
     if worker is None:
@@ -26,7 +27,8 @@ def main() -> int:
 
     handler = worker.handler
     runpod = import_runpod()
-    serve = print_outputs(handler) if runs_one_local_job(sys.argv, os.environ) else handler
+    one_job = runs_one_local_job(sys.argv, os.environ)
+    serve = print_outputs(handler) if one_job else handler
     if "--rp_serve_api" in sys.argv:
         # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully, which
         # would end the process with 143; a graceful stop exits 0, as the worker loop does.
@@ -34,7 +36,14 @@ def main() -> int:
     try:
         runpod.serverless.start({"handler": serve, "concurrency_modifier": handler.concurrency_modifier})
     except SystemExit as done:  # the local test path ends with sys.exit(0 or 1)
-        return done.code if isinstance(done.code, int) else 1
+        code = done.code if isinstance(done.code, int) else 1
+        if one_job:
+            # One job, printed: nothing is left to drain, so end at once rather than wait
+            # about two seconds for Infinity's threads to notice their shutdown.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     finally:
         worker.registry.stop_outside_loop()
     return 0

@@ -32,7 +32,8 @@ def main() -> int:
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 1
 
-    from embedding_worker.serving.worker import import_runpod, start_worker
+    from embedding_worker.serving.runpod_patches import import_runpod
+    from embedding_worker.serving.worker import start_worker
 
     worker = start_worker()
     if worker is None:

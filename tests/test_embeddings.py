@@ -148,3 +148,25 @@ def test_outputs_print_as_one_short_line_but_serialise_whole(worker):
     assert "list of 256" in repr(output)
     assert json.loads(json.dumps(output)) == json.loads(json.dumps(dict(output)))
     assert len(json.loads(json.dumps(output))["data"]) == 256
+
+
+def test_a_non_finite_vector_fails_its_request_in_one_line_and_never_reaches_json(hub_cache, monkeypatch):
+    from conftest import start_worker
+
+    running = start_worker(MODEL_NAMES=EMBEDDER_ID, DTYPES="bfloat16")
+    try:
+        module = running.registry.resolve(EMBEDDER_ID).engine._model_replicas[0][0].auto_model
+        original = module.forward
+
+        def overflowing(*args, **kwargs):
+            hidden, *rest = original(*args, **kwargs)  # sentence-transformers asks for a tuple
+            return (hidden * float("inf"), *rest)
+
+        monkeypatch.setattr(module, "forward", overflowing)
+        output = running.run({"model": EMBEDDER_ID, "input": ["overflows"]})
+        assert output == {"error": f"model '{EMBEDDER_ID}' computed NaN or infinity for this input at bfloat16; "
+                                   "its precision is too narrow for it: deploy it with DTYPES=float32"}
+        monkeypatch.setattr(module, "forward", original)
+        assert "data" in running.run({"model": EMBEDDER_ID, "input": ["fine again"]})
+    finally:
+        running.close()

@@ -63,5 +63,11 @@ class Overloaded(WorkerError):
     status_code = 429
 
 
+class NonFiniteOutput(WorkerError):
+    """The model computed NaN or infinity (a precision too narrow for it, usually)."""
+
+    status_code = 500
+
+
 class InternalError(WorkerError):
     """A bug: reported to the client in one line, logged in full."""

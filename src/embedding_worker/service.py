@@ -11,7 +11,7 @@ import base64
 import numpy as np
 
 from embedding_worker.engine.registry import DeployedModel, EngineRegistry
-from embedding_worker.errors import InvalidRequest
+from embedding_worker.errors import InvalidRequest, NonFiniteOutput
 from embedding_worker.api.schemas import (
     Classification,
     ClassifyRequest,
@@ -49,6 +49,7 @@ class EmbeddingService:
             model, lambda: model.engine.embed(request.input), len(request.input)
         )
         matrix = np.asarray(vectors, dtype=np.float32)
+        _require_finite(matrix, model)
         model.embedding_dimension = matrix.shape[1]
         if request.dimensions is not None:
             _check_dimensions(request.dimensions, matrix.shape[1], model.name)
@@ -71,6 +72,7 @@ class EmbeddingService:
             ),
             len(request.docs),
         )
+        _require_finite(np.fromiter((item.relevance_score for item in ranked), np.float32), model)
         # Infinity sorts by score and keeps each document's own position in `index`.
         results = [
             RerankResult(
@@ -89,6 +91,7 @@ class EmbeddingService:
         predictions, tokens = await self.registry.call(
             model, lambda: model.engine.classify(sentences=request.input), len(request.input)
         )
+        _require_finite(np.array([p["score"] for labels in predictions for p in labels], np.float32), model)
         return ClassifyResponse(
             model=model.name,
             data=[
@@ -123,6 +126,13 @@ def _card(model: DeployedModel) -> ModelCard:
             max_input_tokens=model.max_input_tokens,
         ),
     )
+
+
+def _require_finite(values: np.ndarray, model: DeployedModel) -> None:
+    """Never NaN in JSON: a non-finite output fails its request, naming the likely cause."""
+    if not np.isfinite(values).all():
+        advice = "; its precision is too narrow for it: deploy it with DTYPES=float32" if model.dtype != "float32" else ""
+        raise NonFiniteOutput(f"model {model.name!r} computed NaN or infinity for this input at {model.dtype}{advice}")
 
 
 def _check_dimensions(dimensions: int, model_dimension: int, model_name: str) -> None:

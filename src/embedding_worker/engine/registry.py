@@ -37,6 +37,7 @@ from embedding_worker.errors import (
 )
 from embedding_worker.engine.hardware import Hardware, choose_dtype
 from embedding_worker.engine.health import EngineHealth
+from embedding_worker.engine.model_checks import fit_tokenizer_inputs, self_test
 from embedding_worker.engine.model_sources import ModelLocations, resolve_model
 from embedding_worker.engine.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
 from embedding_worker.settings import Backend, ModelSpec
@@ -251,8 +252,14 @@ def _load(
         raise ModelLoadError(f"could not load model {spec.source!r}: {reason}") from exc
     if onnx:
         dtype = "int8" if onnx_quantized else "float32"
+    replicas = getattr(engine, "_model_replicas", [])
+    for replica in replicas:
+        if dropped := fit_tokenizer_inputs(replica):
+            log.info("model %r: its forward pass takes no %s; the tokenizer no longer emits them",
+                     spec.name, ", ".join(dropped))
+    tested = sum(self_test(spec.name, replica, set(engine.capabilities)) for replica in replicas)
     log.info(
-        "model %r: %s (%s); serving as %r (%s, %s, batch size %d) on %s; loaded in %.1f s",
+        "model %r: %s (%s); serving as %r (%s, %s, batch size %d) on %s; self-test %.0f ms; loaded in %.1f s",
         spec.source,
         found.source.value,
         path,
@@ -261,6 +268,7 @@ def _load(
         dtype,
         spec.batch_size,
         hardware.describe(),
+        1000 * tested,
         time.perf_counter() - started,
     )
     dimension, max_tokens = _describe(engine)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.errors import WorkerError
 from embedding_worker.engine.hardware import detect_hardware
+from embedding_worker.engine.lean_imports import import_infinity
 from embedding_worker.serving.job_handler import JobHandler
 from embedding_worker.engine.model_sources import ModelLocations
 from embedding_worker.service import EmbeddingService
@@ -60,37 +61,9 @@ def start_worker() -> Worker | None:
     """For the entry points: log setup, then `build_worker`; on failure, print one line."""
     configure_logging()
     try:
+        # An entry point's process serves one backend: Infinity need not import the others.
+        import_infinity(os.environ.get("BACKEND", "torch").strip().lower())
         return build_worker()
     except WorkerError as err:
         print(f"error: {err}", file=sys.stderr)
         return None
-
-
-def import_runpod():
-    """Import runpod without its slowest start-up step.
-
-    runpod's debugger module calls `cpuinfo.get_cpu_info()` at import, which spawns a
-    subprocess and takes about a second of every cold start, for a CPU name it only shows
-    in debug output. Reading the name from /proc/cpuinfo gives the same answer at once.
-    """
-    import cpuinfo
-
-    # runpod logs at DEBUG by default: three lines a job, each stringifying the output.
-    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
-    cpuinfo.get_cpu_info = lambda: {"brand_raw": cpu_name()}
-    import runpod
-
-    return runpod
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
