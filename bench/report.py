@@ -1,0 +1,147 @@
+"""The benchmark report: docs/BENCHMARKS.md and the plot, from the results of one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for name, points in results.get("sweep", {}).items():
+        shapes = list(points)
+        left.plot([int(s.split("c")[-1]) for s in shapes], list(points.values()), marker="o", label=name)
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrent requests (8 sentences each)")
+    left.set_ylabel("sentences / s")
+    left.set_title(f"Throughput against concurrency, defaults ({results.get('sweep_dtype', 'auto')} here)")
+    left.legend()
+    backends = results.get("backends", {})
+    right.bar(list(backends), [row["sentences_per_s"] for row in backends.values()], color="tab:gray")
+    right.set_title("Backends, in-process, 8 sentences x c16")
+    right.set_ylabel("sentences / s")
+    right.tick_params(axis="x", labelrotation=20)
+    fig.suptitle(f"all-MiniLM-L6-v2 on {results['hardware']['cpu']} ({results['hardware']['threads_used']} threads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _rows(table: dict, reference: str) -> list[str]:
+    lines = [f"| target | shape | sentences/s | vs {reference} (rounds) | p95 vs {reference} | p50 ms | p95 ms | "
+             "server CPU |", "|---|---|---|---|---|---|---|---|"]
+    for target, shapes in table.items():
+        for shape, row in shapes.items():
+            spread = ", ".join(f"{r:.2f}" for r in row["ratio_by_round"])
+            lines.append(f"| {target} | {shape} | {row['sentences_per_s']} | **{row['ratio']:.2f}** ({spread}) | "
+                         f"{row['p95_ratio']:.2f} | {row['p50_ms']} | {row['p95_ms']} | "
+                         f"{row.get('server_cpu_share') or '-'} |")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    hw = results["hardware"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `python bench/run.py` on {results['date']}: all-MiniLM-L6-v2, torch backend unless said, "
+        f"{hw['cpu']}, {hw['cores_usable']} usable cores (cgroup CPU quota: {hw['cgroup_cpu_quota'] or 'none'}), "
+        f"{hw['threads_used']} threads, native bf16: {hw.get('native_bf16')}, {hw['memory_gib']} GiB, "
+        f"Python {hw['python']}, torch {hw['torch']}, no GPU. Corpus: generated sentences of 30 words (seed 0). "
+        "Every figure comes from the same run, with every peer measured side by side in interleaved rounds "
+        "(each round runs every target once; each ratio is taken within its round; the median and every "
+        "round's value are shown). Compare ratios, not absolute times, across machines. The load client "
+        "shares the machine's two cores.",
+        "",
+        "![throughput](benchmarks.png)",
+        "",
+        "Targets: `in-process engine` is `engine.embed` awaited directly (the ceiling); `local endpoint` is "
+        "`src/local_endpoint.py` (`/runsync`); `production loop` is runpod's job loop (what runs on RunPod) "
+        "against a stand-in job API on loopback; `rp_serve_api` is runpod's test server; `original worker` is "
+        "RunPod's original worker (`../shared/baselines`) through `--rp_serve_api`; `infinity server` is "
+        "`infinity_emb v2` in its own virtual environment, OpenAI `/embeddings`.",
+        "",
+    ]
+    if "defaults" in results:
+        lines += ["## Throughput at each worker's defaults", "",
+                  f"This worker at `DTYPES=auto` ({results['defaults_dtype']} on this machine), the original at its "
+                  "`auto` (float32 on a CPU).", ""]
+        lines += _rows(results["defaults"]["vs original"], "original worker")
+        lines += ["", "The same runs against the in-process engine (the HTTP paths' overhead):", ""]
+        lines += _rows(results["defaults"]["vs engine"], "in-process engine")
+    if "same_dtype" in results:
+        lines += ["", f"## Throughput at the same dtype ({results['same_dtype_dtype']})", ""]
+        lines += _rows(results["same_dtype"]["vs infinity"], "infinity server")
+    if "cold_start" in results:
+        cold = results["cold_start"]
+        timeline = cold["test_input"]
+        lines += ["", "## Cold start", "",
+                  f"Process start to the first embedding through `--rp_serve_api`, alternating runs: this worker "
+                  f"{cold['ours_first_result_s']} s, the original {cold['original_first_result_s']} s: "
+                  f"**{cold['ratio']:.2f}x** the original (runs: {', '.join(f'{r:.2f}' for r in cold['ratio_by_run'])}).",
+                  "",
+                  f"`python src/handler.py --test_input ...`, median: model loaded (and self-tested) at "
+                  f"{timeline['model_loaded_s']} s, result at {timeline['first_result_s']} s, process exited at "
+                  f"{timeline['exit_s']} s."]
+    if "imports" in results:
+        imports = results["imports"]
+        lines += ["", "Largest top-level imports (cumulative seconds, `python -X importtime`): "
+                  + ", ".join(f"`{k}` {v}" for k, v in imports["top_level_imports_s"].items()) + ".", "",
+                  f"runpod's import: {imports['runpod_import_s']['before']} s as is, "
+                  f"{imports['runpod_import_s']['after']} s with the worker's cut (no `py-cpuinfo` subprocess). "
+                  f"Infinity's import: {imports['infinity_import_s']['before']} s as is, "
+                  f"{imports['infinity_import_s']['after']} s without the backends a torch worker does not use."]
+    if "quality" in results:
+        q = results["quality"]
+        lines += ["", "## Precision: what `DTYPES=auto` picks here, and what it costs", "",
+                  f"`auto` on this machine ({q['device']}): **{q['auto_on_this_machine']}**. On the corpus, each "
+                  f"vector's cosine to float32: min {q['min_cosine_to_float32']}, mean {q['mean_cosine_to_float32']}. "
+                  f"A reranker's scores (a random 4-layer BERT cross-encoder: no real reranker is available offline) "
+                  f"move by at most {q['rerank_max_abs_score_diff']}; same top 10: {q['rerank_same_top10']}. "
+                  f"In-process speed at 8 x c16: {q['speed_auto']} sentences/s against {q['speed_float32']} at "
+                  f"float32 ({q['speed_auto'] / q['speed_float32']:.2f}x)."]
+    if "profile" in results:
+        lines += ["", "## Where the serving path's time goes", "",
+                  f"py-spy, {results['profile']['samples']} samples of the local endpoint at 8 x c16 (inclusive "
+                  "shares of all samples; threads included):", "", "| frame | share |", "|---|---|"]
+        lines += [f"| `{row['frame']}` | {row['share']:.1%} |" for row in results["profile"]["top"]]
+    if "payloads" in results:
+        lines += ["", "## Response size and encoding time", "", "| body | bytes | orjson ms | json ms |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {row['bytes']:,} | {row['orjson_ms']} | {row['json_ms']} |"
+                  for name, row in results["payloads"].items()]
+    if "load" in results:
+        lines += ["", "## Load", "",
+                  "{requests} requests sent at once to the local endpoint's `/runsync` (one text each, all distinct): "
+                  "{completed} completed, {distinct_job_ids} distinct job ids, every vector its own text's (min cosine "
+                  "{min_cosine_to_own_vector}), in {seconds} s; server memory {server_rss_idle_mib} MiB idle, "
+                  "{server_rss_peak_mib} MiB at peak.".format(**results["load"])]
+    if "soak" in results:
+        s = results["soak"]
+        lines += ["", "## Soak", "",
+                  f"{s['seconds']:.0f} s of mixed load at concurrency {s['concurrency']} on the local endpoint (8 and "
+                  "512 texts through `/runsync`, `/run` then `/status`, the OpenAI route with base64, bad inputs): "
+                  f"{s['completed']} completed, {s['failed']} failed as they should (bad inputs), {s['refused']} "
+                  f"refused. Server RSS {s['rss_start_mib']} MiB at the start, {s['rss_end_mib']} MiB at the end "
+                  f"(peak {s['rss_peak_mib']}); trend over the second half: {s['rss_trend_second_half_mib_per_min']} "
+                  f"MiB/min. Samples every 5 s: {', '.join(map(str, s['rss_samples_mib']))}."]
+    if "flops" in results:
+        f = results["flops"]
+        lines += ["", "## Compute: how close to the hardware", "",
+                  f"A batch of {f['batch']} sentences pads to {f['padded_tokens_per_sentence']} tokens "
+                  f"({f['real_token_share']:.0%} real tokens): {f['model_gflop_per_batch']} GFLOP in {f['ms_per_batch']} "
+                  f"ms = **{f['model_gflops']} GFLOP/s** achieved by the model at float32, against a torch matmul at the "
+                  "model's shapes (" + ", ".join(f"{k}: {v}" for k, v in f["gemm_gflops"].items()) +
+                  f" GFLOP/s, {f['threads']} threads): **{f['model_over_gemm']:.2f}** of the best GEMM."]
+    if "backends" in results:
+        lines += ["", "## Backends", "", "In-process engine, 8 sentences x concurrency 16; quality is each vector's "
+                  "cosine to torch float32's.", "", "| backend | sentences/s | min cosine | mean cosine |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {row['sentences_per_s']} | {row['min_cosine_to_torch']} | {row['mean_cosine_to_torch']} |"
+                  for name, row in results["backends"].items()]
+    if "gpu" in results:
+        lines += ["", "## GPU", "", results["gpu"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,124 @@
+"""Every way a client reaches an embedding, as one `call(texts)` per target, on loopback.
+
+Targets: the in-process engine (the ceiling), the worker's local endpoint, its production
+path (runpod's job loop against a stand-in job API), runpod's `--rp_serve_api`, RunPod's
+original worker, and Infinity's own server. `Targets` starts them all at once (an idle one
+costs nothing) and stops them together.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import orjson
+import psutil
+
+import peers
+from common import ENV, MODEL, ROOT, free_port, worker_for
+
+OURS = ("local endpoint", "production loop", "rp_serve_api")
+PEERS = ("original worker", "infinity server")
+
+
+class Targets:
+    def __init__(self, names: list[str], dtype: str, original_dtype: str = "auto") -> None:
+        """`dtype`: this worker's and Infinity's server's DTYPES; `original_dtype`: the original's."""
+        self.names = names
+        self.dtype = dtype
+        self.original_dtype = original_dtype
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.urls: dict[str, str] = {}
+        self.job_api: peers.JobApi | None = None
+        self.worker = None
+        self.client: httpx.AsyncClient | None = None
+
+    def start_processes(self) -> None:
+        env = {**ENV, "DTYPES": self.dtype}
+        for name in self.names:
+            if name == "local endpoint":
+                port = free_port()
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=ROOT, env=env,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                self.urls[name] = f"http://127.0.0.1:{port}/v2/bench"
+                peers.wait_until_up(self.processes[name], f"{self.urls[name]}/health", name)
+            elif name == "rp_serve_api":
+                port = free_port()
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "src/handler.py", "--rp_serve_api", "--rp_api_port", str(port)], cwd=ROOT,
+                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                self.urls[name] = f"http://127.0.0.1:{port}"
+                peers.wait_until_up(self.processes[name], f"{self.urls[name]}/docs", name)
+            elif name == "original worker":
+                self.processes[name], self.urls[name] = peers.start_original_worker({"DTYPES": self.original_dtype})
+                peers.wait_until_up(self.processes[name], f"{self.urls[name]}/docs", name)
+            elif name == "infinity server":
+                self.processes[name], self.urls[name] = peers.start_infinity_server(self.dtype)
+                peers.wait_until_up(self.processes[name], f"{self.urls[name]}/health", name)
+
+    async def start(self) -> None:
+        self.start_processes()
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        self.client = httpx.AsyncClient(timeout=600, limits=limits)
+        if "production loop" in self.names:
+            self.job_api = peers.JobApi()
+            await self.job_api.start()
+            self.processes["production loop"] = subprocess.Popen(
+                [sys.executable, "src/handler.py"], cwd=ROOT, env={**ENV, "DTYPES": self.dtype, **self.job_api.worker_env},
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if "in-process engine" in self.names:
+            self.worker = worker_for("torch", DTYPES=self.dtype)
+            await self.worker.registry.start()
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.registry.stop()
+        if self.client is not None:
+            await self.client.aclose()
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self.job_api is not None:
+            await self.job_api.stop()
+
+    def process(self, name: str) -> psutil.Process | None:
+        return psutil.Process(self.processes[name].pid) if name in self.processes else None
+
+    def call(self, name: str):
+        """`async call(texts)` that embeds `texts` through target `name` and checks the reply."""
+        client = self.client
+
+        def check(data: list, texts: list[str]) -> None:
+            assert len(data) == len(texts) and len(data[-1]["embedding"]) == 384, name
+
+        if name == "in-process engine":
+            engine = self.worker.registry.resolve(MODEL).engine
+
+            async def call(texts: list[str]) -> None:
+                await engine.embed(texts)
+        elif name == "production loop":
+            async def call(texts: list[str]) -> None:
+                result = await self.job_api.submit({"model": MODEL, "input": texts})
+                check(result["output"]["data"], texts)
+        elif name == "infinity server":
+            url = f"{self.urls[name]}/embeddings"
+
+            async def call(texts: list[str]) -> None:
+                reply = await client.post(url, content=orjson.dumps({"model": MODEL, "input": texts}),
+                                          headers={"content-type": "application/json"})
+                check(orjson.loads(reply.content)["data"], texts)
+        else:  # /runsync: the local endpoint, rp_serve_api, the original worker
+            url = f"{self.urls[name]}/runsync"
+
+            async def call(texts: list[str]) -> None:
+                body = orjson.dumps({"input": {"model": MODEL, "input": texts}})
+                reply = await client.post(url, content=body, headers={"content-type": "application/json"})
+                check(orjson.loads(reply.content)["output"]["data"], texts)
+
+        return call
