@@ -116,6 +116,49 @@ def test_rerank_through_the_openai_base_url(endpoint, cross_encoder):
     assert [r["index"] for r in reply.json()["results"]] == list(np.argsort(-scores)[:2])
 
 
+def test_cohere_sdk_reranks_with_documents(endpoint, cross_encoder):
+    import cohere
+
+    docs = ["Paris is in France", "Rome is in Italy", "Paris"]
+    client = cohere.Client(api_key=API_KEY, base_url=f"{endpoint}/openai")
+    response = client.rerank(model=RERANKER_ID, query="Where is Paris?", documents=docs, top_n=2,
+                             return_documents=True)
+    scores = cross_encoder.predict([("Where is Paris?", d) for d in docs])
+    assert [r.index for r in response.results] == list(np.argsort(-scores)[:2])
+    assert [r.document.text for r in response.results] == [docs[i] for i in np.argsort(-scores)[:2]]
+    assert abs(response.results[0].relevance_score - float(np.sort(scores)[-1])) < 1e-5
+
+
+def test_litellm_cohere_rerank(endpoint, cross_encoder, monkeypatch):
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of its price list
+    import litellm
+
+    docs = ["Paris is in France", "Rome is in Italy"]
+    response = litellm.rerank(model=f"cohere/{RERANKER_ID}", query="Where is Paris?", documents=docs,
+                              return_documents=True, api_base=f"{endpoint}/openai", api_key=API_KEY)
+    scores = cross_encoder.predict([("Where is Paris?", d) for d in docs])
+    results = response.results
+    assert [r["index"] for r in results] == list(np.argsort(-scores))
+    assert results[0]["document"]["text"] == docs[int(np.argmax(scores))]
+
+
+def test_unknown_openai_paths_answer_an_openai_error(endpoint):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    reply = httpx.post(f"{endpoint}/openai/v1/chat/completions", json={"model": "x"}, headers=headers)
+    assert reply.status_code == 404
+    error = reply.json()["error"]
+    assert error["message"].startswith("/v1/chat/completions is not served here; served: /v1/models")
+    assert error["type"] == "invalid_request_error"
+    assert httpx.get(f"{endpoint}/openai/v1/nope", headers=headers).status_code == 404
+
+
+def test_tokenize_route(endpoint, sentence_transformer):
+    reply = httpx.post(f"{endpoint}/openai/v1/tokenize", json={"model": EMBEDDER_ID, "input": TEXTS},
+                       headers={"Authorization": f"Bearer {API_KEY}"})
+    assert reply.status_code == 200
+    assert [item["tokens"] for item in reply.json()["data"]] == sentence_transformer.tokenizer(TEXTS)["input_ids"]
+
+
 # --- runpod SDK --------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ SERVED_AS = {
     "SamLowe/roberta-base-go_emotions": CLASSIFIER_NAME,
 }
 NAMES = [name.removesuffix(" request") for name in EXAMPLES if name.endswith(" request")]
+RUN = [name for name in NAMES if name != "image embeddings"]  # its URL is not reachable here: test_image_embeddings
 
 
 def served(value):
@@ -36,7 +37,9 @@ def assert_same_shape(got, documented, path="output"):
             assert_same_shape(got[key], documented[key], f"{path}.{key}")
     elif isinstance(documented, list):
         assert isinstance(got, list), (path, got)
-        if documented and all(isinstance(v, (int, float)) for v in documented):
+        if documented and all(isinstance(v, int) and not isinstance(v, bool) for v in documented):
+            assert got and all(isinstance(v, int) for v in got), path  # compact vectors, token ids
+        elif documented and all(isinstance(v, (int, float)) for v in documented):
             assert got and all(isinstance(v, float) for v in got), path
         elif path.endswith(".labels"):  # the tiny test classifier has other labels
             for item in got:
@@ -52,12 +55,12 @@ def assert_same_shape(got, documented, path="output"):
 
 
 def test_every_example_has_a_request_and_a_response():
-    assert len(NAMES) == 6
+    assert len(NAMES) == 10
     for name in NAMES:
         assert f"{name} response" in EXAMPLES
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", RUN)
 def test_readme_example(worker, name):
     job = served(json.loads(EXAMPLES[f"{name} request"]))
     documented = served(json.loads(EXAMPLES[f"{name} response"]))

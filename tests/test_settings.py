@@ -10,7 +10,8 @@ from embedding_worker.settings import load_settings
 VARIABLES = ["MODEL_NAMES", "SERVED_MODEL_NAMES", "BATCH_SIZES", "DTYPES", "BACKEND",
              "INFINITY_QUEUE_SIZE", "RUNPOD_MAX_CONCURRENCY", "REQUEST_TIMEOUT",
              "MAX_EMBED_INPUTS", "MAX_RERANK_DOCS", "MAX_INPUT_CHARS", "MODEL_REVISIONS",
-             "BAKED_HF_CACHE", "RUNPOD_VOLUME_DIR", "ONNX_QUANTIZED", "TRUST_REMOTE_CODE", "DEVICE"]
+             "BAKED_HF_CACHE", "RUNPOD_VOLUME_DIR", "ONNX_QUANTIZED", "TRUST_REMOTE_CODE", "DEVICE",
+             "MODEL_PROMPTS"]
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_defaults(env):
     settings = settings_from(env, MODEL_NAMES="a/b")
     assert [m.model_dump() for m in settings.models] == [
         {"source": "a/b", "name": "a/b", "revision": None, "batch_size": 32, "dtype": "auto",
-         "backend": "torch"}
+         "backend": "torch", "prompts": None}
     ]
     assert settings.infinity_queue_size == 48000
     assert settings.runpod_max_concurrency == 300
@@ -99,6 +100,12 @@ CASES = {
     "MODEL_NAMES with a path out": ({"MODEL_NAMES": "a/.."}, "MODEL_NAMES: 'a/..' is neither a local folder "
                                                               "nor a Hugging Face id (org/name)"),
     "MODEL_NAMES with a space": ({"MODEL_NAMES": "a/b;bad name"}, "MODEL_NAMES: 'bad name' is neither"),
+    "MODEL_PROMPTS not JSON": ({"MODEL_PROMPTS": "query: "}, "MODEL_PROMPTS: is not valid JSON"),
+    "MODEL_PROMPTS for no model": ({"MODEL_PROMPTS": '{"e/5": {"query": "q: "}}'},
+                                   "MODEL_PROMPTS: names no deployed model: 'e/5'; deployed: a/b, c/d"),
+    "MODEL_PROMPTS wrong count": ({"MODEL_PROMPTS": '[{"query": "q: "}]'}, "MODEL_PROMPTS: has 1 entries for 2 models"),
+    "MODEL_PROMPTS not strings": ({"MODEL_PROMPTS": '{"a/b": {"query": 1}}'},
+                                  'MODEL_PROMPTS: {"query": 1} is not an object of prompt name -> prefix string'),
     "DEVICE unknown": ({"DEVICE": "tpu"}, "DEVICE: 'tpu': Input should be 'auto', 'cuda' or 'cpu'"),
     "BATCH_SIZES not an integer": ({"BATCH_SIZES": "32;abc"}, "BATCH_SIZES: 'abc' is not a positive integer"),
     "BATCH_SIZES zero": ({"BATCH_SIZES": "0"}, "BATCH_SIZES: '0' is not a positive integer"),
@@ -138,3 +145,10 @@ def test_queue_size_is_exported_for_infinity(env):
     settings = settings_from(env, MODEL_NAMES="a/b")
     settings.export_engine_environment()
     assert os.environ["INFINITY_QUEUE_SIZE"] == "48000"
+
+
+def test_model_prompts_by_name_or_in_order(env):
+    by_name = settings_from(env, MODEL_NAMES="a/b;c/d", MODEL_PROMPTS='{"c/d": {"query": "query: "}}')
+    assert [m.prompts for m in by_name.models] == [None, {"query": "query: "}]
+    in_order = settings_from(env, MODEL_PROMPTS='[{"document": "passage: "}, null]')
+    assert [m.prompts for m in in_order.models] == [{"document": "passage: "}, None]

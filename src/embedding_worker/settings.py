@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from embedding_worker.engine.cpu_quota import available_cpus, limit_threads
 from embedding_worker.errors import SettingsError
 from embedding_worker.engine.hardware import Device
+from embedding_worker.images import ImageLimits
+from embedding_worker.prompts import parse_model_prompts
 from embedding_worker.api.schemas import RequestLimits
 
 
@@ -47,6 +49,7 @@ class ModelSpec(BaseModel):
     batch_size: int
     dtype: str  # an Infinity `Dtype` name
     backend: Backend
+    prompts: dict[str, str] | None = None  # MODEL_PROMPTS: added to the model's own prompts
 
 
 def _split(value: str) -> list[str]:
@@ -61,6 +64,7 @@ class WorkerSettings(BaseSettings):
     model_names: str
     served_model_names: str = ""
     model_revisions: str = ""
+    model_prompts: str = ""
     batch_sizes: str = "32"
     dtypes: str = "auto"
     backend: Backend = Backend.torch
@@ -71,6 +75,11 @@ class WorkerSettings(BaseSettings):
     max_embed_inputs: int = 2048
     max_rerank_docs: int = 1000
     max_input_chars: int = 100_000
+    max_images_per_request: int = 64
+    max_image_bytes: int = 10 * 2**20
+    max_image_pixels: int = 40_000_000
+    image_fetch_timeout: float = 10.0
+    allow_private_urls: bool = False  # fetch image URLs on loopback and private networks too
     onnx_quantized: bool = False
     trust_remote_code: bool = False  # runs code from the model repository: opt in per deployment
     baked_hf_cache: str = "/opt/models/hub"
@@ -115,6 +124,10 @@ class WorkerSettings(BaseSettings):
         "max_embed_inputs",
         "max_rerank_docs",
         "max_input_chars",
+        "max_images_per_request",
+        "max_image_bytes",
+        "max_image_pixels",
+        "image_fetch_timeout",
     )
     @classmethod
     def _positive(cls, value: float) -> float:
@@ -147,6 +160,11 @@ class WorkerSettings(BaseSettings):
             )
         elif duplicates := sorted({n for n in self.served_names if self.served_names.count(n) > 1}):
             problems.append(f"served model names must be unique; repeated: {', '.join(duplicates)}")
+        else:
+            try:
+                parse_model_prompts(self.model_prompts, _split(self.model_names), self.served_names)
+            except ValueError as exc:
+                problems.append(f"MODEL_PROMPTS: {exc}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -161,6 +179,7 @@ class WorkerSettings(BaseSettings):
         sizes = _per_model(_split(self.batch_sizes), len(sources))
         dtypes = _per_model(_split(self.dtypes), len(sources))
         revisions = _split(self.model_revisions) or [None] * len(sources)
+        prompts = parse_model_prompts(self.model_prompts, sources, self.served_names)
         return [
             ModelSpec(
                 source=source,
@@ -169,9 +188,10 @@ class WorkerSettings(BaseSettings):
                 batch_size=int(size),
                 dtype=DTYPE_SPELLINGS[dtype.lower()],
                 backend=self.backend,
+                prompts=model_prompts,
             )
-            for source, name, revision, size, dtype in zip(
-                sources, self.served_names, revisions, sizes, dtypes
+            for source, name, revision, size, dtype, model_prompts in zip(
+                sources, self.served_names, revisions, sizes, dtypes, prompts
             )
         ]
 
@@ -181,7 +201,13 @@ class WorkerSettings(BaseSettings):
             max_embed_inputs=self.max_embed_inputs,
             max_rerank_docs=self.max_rerank_docs,
             max_input_chars=self.max_input_chars,
+            max_images=self.max_images_per_request,
         )
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
+                           fetch_timeout=self.image_fetch_timeout, allow_private_urls=self.allow_private_urls)
 
     def export_engine_environment(self) -> None:
         """Set the variables Infinity and the math libraries read when first imported."""

@@ -4,7 +4,8 @@ Two flavours reach the handler:
 - OpenAI: `{"openai_route": "/v1/embeddings", "openai_input": {...}}`, as RunPod's
   `/openai/v1/*` gateway sends it (also `/v1/rerank`, `/v1/classify`, `/v1/models`);
 - standard: `{"model", "input"}` (embeddings, or classification when the model is a
-  classifier), `{"model", "query", "docs"}` for rerank.
+  classifier), `{"model", "query", "docs"}` for rerank, `{"task": "tokenize", "model",
+  "input"}` for token ids.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from embedding_worker.api.schemas import (
     ModelsRequest,
     RequestLimits,
     RerankRequest,
+    TokenizeRequest,
     json_type,
 )
 
@@ -33,16 +35,20 @@ class Route(str, Enum):
     embeddings = "/v1/embeddings"
     rerank = "/v1/rerank"
     classify = "/v1/classify"
+    tokenize = "/v1/tokenize"
     texts = "standard input"  # embed or classify, by what the named model does
 
 
 OPENAI_ROUTES = {
-    route.value: route for route in (Route.models, Route.embeddings, Route.rerank, Route.classify)
+    route.value: route for route in (Route.models, Route.embeddings, Route.rerank, Route.classify, Route.tokenize)
 }
+OPENAI_ROUTES["/v2/rerank"] = Route.rerank  # Cohere's v2 rerank: the same body and answer
+TASKS = {"tokenize": Route.tokenize}  # standard jobs that name their task
 SCHEMAS: dict[Route, type[BaseModel]] = {
     Route.embeddings: EmbeddingRequest,
     Route.rerank: RerankRequest,
     Route.classify: ClassifyRequest,
+    Route.tokenize: TokenizeRequest,
     Route.texts: EmbeddingRequest,
 }
 
@@ -61,6 +67,11 @@ def normalize_job_input(job_input: Any, limits: RequestLimits | None = None) -> 
     if "openai_route" in job_input:
         route, body = _openai_route(job_input)
         openai = True
+    elif "task" in job_input:
+        route = TASKS.get(job_input["task"]) if isinstance(job_input["task"], str) else None
+        if route is None:
+            raise InvalidRequest(f"task: {job_input['task']!r} is not supported; supported: {', '.join(TASKS)}")
+        body, openai = job_input, False
     elif "query" in job_input or "docs" in job_input or "documents" in job_input:
         route, body, openai = Route.rerank, job_input, False
     elif "input" in job_input:

@@ -28,6 +28,7 @@ class RequestLimits(BaseModel):
     max_embed_inputs: int = 2048  # MAX_EMBED_INPUTS: texts per embeddings/classify request
     max_rerank_docs: int = 1000  # MAX_RERANK_DOCS: documents per rerank request
     max_input_chars: int = 100_000  # MAX_INPUT_CHARS: characters per text, query or document
+    max_images: int = 64  # MAX_IMAGES_PER_REQUEST: images per embeddings request
 
 
 def json_type(value: Any) -> str:
@@ -123,12 +124,86 @@ class ModelsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class EmbeddingRequest(_TextsRequest):
+class ImageInput(BaseModel):
+    """An image to embed: an http(s) URL, a `data:image/...;base64,...` URI, or bare base64."""
+
+    model_config = ConfigDict(frozen=True)
+
+    image: str
+
+
+def _embedding_items(value: Any, limits: RequestLimits, modality: str) -> list[str | ImageInput]:
+    """`input` of an embeddings request: texts, `{"text"}` and `{"image"}` objects, mixed; with
+    `modality: "image"`, plain strings are image references."""
+    if modality == "text" and not isinstance(value, dict) and not (
+            isinstance(value, list) and any(isinstance(item, dict) for item in value)):
+        return _texts(value, limits)  # text only: the common case
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError(f"must be a string, an object or a list of them, got {json_type(value)}")
+    if not value:
+        raise ValueError("must not be an empty list")
+    if len(value) > limits.max_embed_inputs:
+        raise ValueError(f"has {len(value)} items; the limit is {limits.max_embed_inputs} (MAX_EMBED_INPUTS)")
+    items: list[str | ImageInput] = []
+    for position, item in enumerate(value):
+        if isinstance(item, dict) and set(item) in ({"text"}, {"image"}):
+            kind, content = next(iter(item.items()))
+        elif isinstance(item, str):
+            kind, content = modality, item
+        else:
+            raise ValueError(f'item {position} must be a string, {{"text": ...}} or {{"image": ...}}, '
+                             f"got {json_type(item)}")
+        if not isinstance(content, str) or not content:
+            raise ValueError(f"item {position}: {kind} must be a non-empty string")
+        items.append(ImageInput(image=content) if kind == "image" else _bounded_text(content, limits, f"item {position} "))
+    images = sum(isinstance(item, ImageInput) for item in items)
+    if images > limits.max_images:
+        raise ValueError(f"has {images} images; the limit is {limits.max_images} (MAX_IMAGES_PER_REQUEST)")
+    return items
+
+
+EncodingFormat = Literal["float", "base64", "int8", "uint8", "binary", "ubinary"]
+InputType = Literal["query", "document", "search_query", "search_document", "passage"]
+PROMPT_FIELDS = ("input_type", "prompt_name", "prompt")
+
+
+class EmbeddingRequest(_Request):
     """OpenAI `/v1/embeddings` body; also the standard `{"model", "input"}` job."""
 
-    encoding_format: Literal["float", "base64"] = "float"
+    modality: Literal["text", "image"] = "text"  # "image": plain strings in `input` are images
+    input: list[str | ImageInput] = Field(description="texts and images: strings, {text}, {image}")
+    encoding_format: EncodingFormat = "float"
     dimensions: StrictInt | None = Field(default=None, ge=1)  # keep the first N, then renormalise
+    input_type: InputType | None = None  # picks the model's query or document prompt
+    prompt_name: str | None = None  # one of the model's prompts, by name
+    prompt: str | None = None  # a raw prefix
+    truncate: StrictBool = True  # false: fail instead of cutting inputs past max_input_tokens
     user: str | None = None  # accepted and ignored, as OpenAI clients send it
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input(cls, value: Any, info: ValidationInfo) -> list[str | ImageInput]:
+        return _embedding_items(value, _limits(info), info.data.get("modality", "text"))
+
+    @property
+    def has_images(self) -> bool:
+        return any(isinstance(item, ImageInput) for item in self.input)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_prompt(cls, body: Any) -> Any:
+        if isinstance(body, dict):
+            given = [name for name in PROMPT_FIELDS if body.get(name) is not None]
+            if len(given) > 1:
+                raise ValueError(f"{given[0]}: give at most one of input_type, prompt_name and prompt; "
+                                 f"got {' and '.join(given)}")
+        return body
+
+
+class TokenizeRequest(_TextsRequest):
+    """`/v1/tokenize` body; also the standard job `{"task": "tokenize", "model", "input"}`."""
 
 
 class ClassifyRequest(_TextsRequest):
@@ -194,7 +269,8 @@ class Usage(BaseModel):
 
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
-    embedding: list[float] | str  # str: base64 of little-endian float32, with encoding_format
+    # floats; integers for int8, uint8, binary and ubinary; base64 of little-endian float32
+    embedding: list[int] | list[float] | str
     index: int
 
 
@@ -205,10 +281,16 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
+class DocumentText(BaseModel):
+    text: str
+
+
 class RerankResult(BaseModel):
     index: int  # position of the document in the request's `docs`
     relevance_score: float
-    document: str | None = None  # only with `return_docs`; omitted otherwise
+    # only with `return_docs`: the text (standard jobs), or {"text"} (the /v1/rerank route,
+    # as Cohere, Jina and vLLM answer)
+    document: DocumentText | str | None = None
 
 
 class RerankResponse(BaseModel):
@@ -236,6 +318,20 @@ class ClassifyResponse(BaseModel):
     usage: Usage
 
 
+class TokenizedText(BaseModel):
+    object: Literal["tokens"] = "tokens"
+    index: int  # position of the text in the request's `input`
+    tokens: list[int]  # token ids, special tokens included, as the model would see them untruncated
+    count: int
+
+
+class TokenizeResponse(BaseModel):
+    object: Literal["tokenize"] = "tokenize"
+    model: str
+    data: list[TokenizedText]
+    max_input_tokens: int | None  # longer inputs are truncated (or refused with truncate: false)
+
+
 class ModelStats(BaseModel):
     capabilities: list[str]  # of "embed", "rerank", "classify"
     backend: str
@@ -244,6 +340,8 @@ class ModelStats(BaseModel):
     batch_size: int
     embedding_dimension: int | None = None  # embedders only
     max_input_tokens: int | None = None  # longer inputs are truncated to this
+    prompts: list[str] | None = None  # embedders: the prompt names `prompt_name` takes
+    modalities: list[str]  # what `input` may hold: ["text"], or ["text", "image"] (CLIP-style)
 
 
 class ModelCard(BaseModel):

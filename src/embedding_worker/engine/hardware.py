@@ -148,6 +148,8 @@ def choose_dtype(requested: str, hardware: Hardware, model_path: Path, backend: 
         return requested
     if backend == "optimum":
         return "auto"  # ONNX files carry their own precision (ONNX_QUANTIZED)
+    if hardware.device != "cuda" and "vision_config" in _config(model_path):
+        return "float32"  # Infinity loads CLIP-style models at full precision on a CPU
     if hardware.device == "cuda":
         if model_type(model_path) in FLOAT16_OVERFLOWS or _stored_as_bfloat16(model_path):
             return "bfloat16" if hardware.compute_capability >= (8, 0) else "float32"

@@ -39,7 +39,21 @@ def fit_tokenizer_inputs(model_object: Any) -> list[str]:
     return sorted(set(dropped))
 
 
-def self_test(model_name: str, model_object: Any, capabilities: set[str]) -> float:
+def fit_text_length(model_object: Any) -> int | None:
+    """CLIP-style models: let text run to the text tower's full length.
+
+    Infinity truncates their text to the model config's `max_length`, which for most of
+    them is transformers' generation default of 20 tokens, not the text tower's 77 (CLIP)
+    or 64 (SigLIP) positions."""
+    text_config = getattr(getattr(getattr(model_object, "model", None), "config", None), "text_config", None)
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and hasattr(model_object, "max_length") and model_object.max_length != positions:
+        model_object.max_length = positions
+        return positions
+    return None
+
+
+def self_test(model_name: str, model_object: Any, capabilities: set[str], architecture: str) -> float:
     """Run one tiny input through the pipeline stages; return the seconds it took."""
     started = time.perf_counter()
     item: Any = (SELF_TEST_TEXT, SELF_TEST_TEXT) if "rerank" in capabilities else SELF_TEST_TEXT
@@ -53,7 +67,8 @@ def self_test(model_name: str, model_object: Any, capabilities: set[str]) -> flo
     except Exception as exc:  # noqa: BLE001 - reported as the model's start-up failure
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelLoadError(
-            f"model {model_name!r} cannot serve: its self-test failed in {stage}: {type(exc).__name__}: {reason}"
+            f"model {model_name!r} ({architecture}) cannot serve: its self-test failed in {stage}: "
+            f"{type(exc).__name__}: {reason}"
         ) from exc
     return time.perf_counter() - started
 

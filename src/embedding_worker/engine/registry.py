@@ -22,11 +22,14 @@ Every engine call goes through `call`, which keeps the worker honest under load:
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from embedding_worker.errors import (
     EngineFailure,
@@ -37,9 +40,10 @@ from embedding_worker.errors import (
 )
 from embedding_worker.engine.hardware import Hardware, choose_dtype
 from embedding_worker.engine.health import EngineHealth
-from embedding_worker.engine.model_checks import fit_tokenizer_inputs, self_test
+from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, self_test
 from embedding_worker.engine.model_sources import ModelLocations, resolve_model
 from embedding_worker.engine.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
+from embedding_worker.prompts import ModelPrompts, read_model_prompts
 from embedding_worker.settings import Backend, ModelSpec
 
 if TYPE_CHECKING:
@@ -58,10 +62,22 @@ class DeployedModel:
     dtype: str = "float32"  # the precision it runs at (DTYPES=auto resolved)
     embedding_dimension: int | None = None  # None until known (embedders only)
     max_input_tokens: int | None = None  # longer inputs are truncated to this
+    prompts: ModelPrompts = field(default_factory=ModelPrompts)
+    architecture: str = "unknown"
+    tokenizer: Any = None  # a copy of the model's tokenizer, for counting and `tokenize`
+    int8_scales: dict[int, float] = field(default_factory=dict)  # per dimensions (compact.int8_scale)
     health: EngineHealth = field(init=False)
+    _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.health = EngineHealth(self.spec.name)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, special tokens included, untruncated (blocking: call in a thread)."""
+        if self.tokenizer is None:
+            raise UnsupportedTask(f"model: {self.name!r} has no tokenizer to count with")
+        with self._tokenizer_lock:  # a fast tokenizer is not safe for concurrent calls
+            return self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
 
     @property
     def name(self) -> str:
@@ -257,7 +273,10 @@ def _load(
         if dropped := fit_tokenizer_inputs(replica):
             log.info("model %r: its forward pass takes no %s; the tokenizer no longer emits them",
                      spec.name, ", ".join(dropped))
-    tested = sum(self_test(spec.name, replica, set(engine.capabilities)) for replica in replicas)
+        if positions := fit_text_length(replica):
+            log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
+    tested = sum(self_test(spec.name, replica, set(engine.capabilities), _architecture(found.path))
+                 for replica in replicas)
     log.info(
         "model %r: %s (%s); serving as %r (%s, %s, batch size %d) on %s; self-test %.0f ms; loaded in %.1f s",
         spec.source,
@@ -280,7 +299,32 @@ def _load(
         dtype=dtype,
         embedding_dimension=dimension,
         max_input_tokens=max_tokens,
+        prompts=read_model_prompts(found.path, spec.prompts),
+        architecture=_architecture(found.path),
+        tokenizer=_own_tokenizer(replicas[0] if replicas else None),
     )
+
+
+def _architecture(model_path) -> str:
+    try:
+        config = json.loads((model_path / "config.json").read_text())
+        return (config.get("architectures") or [config.get("model_type", "unknown")])[0]
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def _own_tokenizer(model_object: Any) -> Any:
+    """A private copy of the model's tokenizer (Infinity's threads use theirs)."""
+    if model_object is None:
+        return None
+    first = model_object[0] if hasattr(model_object, "_first_module") else None
+    for candidate in (getattr(model_object, "_infinity_tokenizer", None), getattr(first, "tokenizer", None),
+                      getattr(model_object, "tokenizer", None),
+                      getattr(getattr(model_object, "_pipe", None), "tokenizer", None),
+                      getattr(getattr(model_object, "processor", None), "tokenizer", None)):
+        if candidate is not None and callable(candidate):
+            return copy.deepcopy(candidate)
+    return None
 
 
 def _describe(engine: AsyncEmbeddingEngine) -> tuple[int | None, int | None]:
@@ -295,7 +339,7 @@ def _describe(engine: AsyncEmbeddingEngine) -> tuple[int | None, int | None]:
     if "embed" in engine.capabilities:
         get_dimension = getattr(model, "get_sentence_embedding_dimension", None)
         dimension = get_dimension() if callable(get_dimension) else None
-    max_tokens = getattr(model, "max_seq_length", None) or getattr(
+    max_tokens = getattr(model, "max_seq_length", None) or getattr(model, "max_length", None) or getattr(
         getattr(model, "_infinity_tokenizer", None), "model_max_length", None
     )
     if not isinstance(max_tokens, int) or max_tokens > 1_000_000:  # "no limit" sentinels

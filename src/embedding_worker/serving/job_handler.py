@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from embedding_worker.errors import InternalError, WorkerError
+from embedding_worker.errors import InternalError, UnsupportedTask, WorkerError
 from embedding_worker.api.job_input import Job, Route, normalize_job_input
 from embedding_worker.api.schemas import ClassifyRequest, RequestLimits
 from embedding_worker.service import EmbeddingService
@@ -80,6 +80,8 @@ class JobHandler:
         request, route = job.request, job.route
         if route is Route.texts:
             if self.service.is_classifier(request.model):
+                if request.has_images:
+                    raise UnsupportedTask(f"input: model {request.model!r} classifies text; images can only be embedded")
                 route = Route.classify
                 request = ClassifyRequest.model_construct(model=request.model, input=request.input)
             else:
@@ -87,7 +89,9 @@ class JobHandler:
         if route is Route.embeddings:
             response = await self.service.embed(request)
         elif route is Route.rerank:
-            response = await self.service.rerank(request)
+            response = await self.service.rerank(request, document_objects=job.openai)
+        elif route is Route.tokenize:
+            response = await self.service.tokenize(request)
         elif route is Route.classify:
             response = await self.service.classify(request)
         else:

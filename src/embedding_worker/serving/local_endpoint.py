@@ -4,7 +4,8 @@ Same URL layout and bodies as the deployed endpoint, so client code runs unchang
 - RunPod API: `POST /v2/{id}/runsync`, `POST /v2/{id}/run`, `GET /v2/{id}/status/{job}`,
   `GET /v2/{id}/health`; jobs run through runpod's own `run_job` with the worker's handler.
 - OpenAI gateway: `GET /v2/{id}/openai/v1/models`, `POST /v2/{id}/openai/v1/embeddings`,
-  `.../rerank`, `.../classify`; each becomes an `openai_route` job, as RunPod's gateway
+  `.../rerank` (also Cohere's `.../openai/v2/rerank`), `.../classify`, `.../tokenize`; each
+  becomes an `openai_route` job, as RunPod's gateway
   does, and a failed one is answered with an OpenAI error body and a 4xx/5xx status;
   so is any other path under `/openai/v1`.
 Requests pass `http_defences.RequestGuard` first (host, origin, JSON, body size and time).
@@ -154,8 +155,11 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
 
         return call
 
-    for route in ("/v1/embeddings", "/v1/rerank", "/v1/classify"):
+    for route in ("/v1/embeddings", "/v1/rerank", "/v1/classify", "/v1/tokenize"):
         openai_api.add_api_route(route.removeprefix("/v1"), forward_to(route), methods=["POST"])
+    # Cohere's v2 rerank (what its newer clients and LiteLLM's cohere/ provider call): same body
+    app.add_api_route("/v2/{endpoint_id}/openai/v2/rerank", forward_to("/v2/rerank"), methods=["POST"],
+                      dependencies=[Depends(authorized)])
 
     async def unknown_openai_path(endpoint_id: str, path: str) -> Response:
         raise HTTPException(404, f"/v1/{path} is not served here; served: /v1/models, /v1/embeddings, "

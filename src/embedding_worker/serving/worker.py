@@ -53,7 +53,8 @@ def build_worker() -> Worker:
         onnx_quantized=settings.onnx_quantized,
         trust_remote_code=settings.trust_remote_code,
     )
-    handler = JobHandler(EmbeddingService(registry), settings.runpod_max_concurrency, settings.limits)
+    handler = JobHandler(EmbeddingService(registry, settings.image_limits), settings.runpod_max_concurrency,
+                         settings.limits)
     return Worker(settings, registry, handler)
 
 

@@ -1,0 +1,143 @@
+"""Tiny random models of the families users deploy, saved as the real ones ship.
+
+Each has a small byte-level BPE tokenizer trained here, wrapped the way the family's real
+tokenizer is: XLM-RoBERTa's `<s> ... </s>` with no `token_type_ids`, ModernBERT's
+`[CLS] ... [SEP]` with no `token_type_ids`, Qwen3's text then `<|endoftext|>`, padded on
+the left, with no `token_type_ids`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import tiny_sentence_transformer
+
+CORPUS = [f"{a} {b} {c}" for a in ("the cat", "a dog", "my phone", "the river", "paris", "rome", "quantum bits")
+          for b in ("sat on", "is in", "runs past", "was near", "talks about") for c in ("the mat.", "france.",
+          "italy.", "the hill.", "a query.", "a passage.", "the document.")]
+
+
+def bpe_tokenizer(specials: list[str], template: str, pad: str, padding_side: str = "right", **names: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=names.get("unk_token")))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    ids = {token: tokenizer.token_to_id(token) for token in specials}
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=template, pair=template.replace("$A", "$A $B") if "$B" not in template else template,
+        special_tokens=[(t, ids[t]) for t in specials if t in template])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, padding_side=padding_side,
+                                      model_input_names=["input_ids", "attention_mask"], model_max_length=128,
+                                      **names)
+    return wrapped, ids
+
+
+def xlm_roberta_tokenizer():
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    return bpe_tokenizer(specials, "<s> $A </s>", "<pad>", bos_token="<s>", eos_token="</s>", cls_token="<s>",
+                         sep_token="</s>", unk_token="<unk>", mask_token="<mask>")
+
+
+def modernbert_tokenizer():
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    return bpe_tokenizer(specials, "[CLS] $A [SEP]", "[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                         unk_token="[UNK]", mask_token="[MASK]")
+
+
+def qwen3_tokenizer():
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    return bpe_tokenizer(specials, "$A <|endoftext|>", "<|endoftext|>", padding_side="left",
+                         eos_token="<|endoftext|>")
+
+
+def xlm_roberta_config(tokenizer, ids, **extra):
+    from transformers import XLMRobertaConfig
+
+    return XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=132, type_vocab_size=1,
+                            pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], **extra)
+
+
+def modernbert_config(tokenizer, ids):
+    from transformers import ModernBertConfig
+
+    return ModernBertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=128, local_attention=16,
+                            global_attn_every_n_layers=2, pad_token_id=ids["[PAD]"], cls_token_id=ids["[CLS]"],
+                            sep_token_id=ids["[SEP]"], bos_token_id=ids["[CLS]"], eos_token_id=ids["[SEP]"],
+                            reference_compile=False)
+
+
+def qwen3_config(tokenizer, ids, **extra):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+                       pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"], **extra)
+
+
+def embedders(root: Path) -> dict[str, Path]:
+    tok_x, ids_x = xlm_roberta_tokenizer()
+    tok_m, ids_m = modernbert_tokenizer()
+    tok_q, ids_q = qwen3_tokenizer()
+    return {
+        "xlm-roberta": tiny_sentence_transformer(root / "xlm-roberta", xlm_roberta_config(tok_x, ids_x), tok_x),
+        "modernbert": tiny_sentence_transformer(root / "modernbert", modernbert_config(tok_m, ids_m), tok_m),
+        "qwen3": tiny_sentence_transformer(root / "qwen3", qwen3_config(tok_q, ids_q), tok_q, pooling="lasttoken"),
+    }
+
+
+def rerankers(root: Path) -> dict[str, Path]:
+    import torch
+    from transformers import Qwen3ForSequenceClassification, XLMRobertaForSequenceClassification
+
+    built = {}
+    for name, (tokenizer, ids), make, model_class in (
+        ("xlm-roberta", xlm_roberta_tokenizer(), xlm_roberta_config, XLMRobertaForSequenceClassification),
+        ("qwen3", qwen3_tokenizer(), qwen3_config, Qwen3ForSequenceClassification),
+    ):
+        torch.manual_seed(1)
+        folder = root / f"{name}-reranker"
+        if name == "qwen3":
+            tokenizer.padding_side = "right"  # sequence classification reads the last real token either way
+        model_class(make(tokenizer, ids, num_labels=1)).eval().save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        built[name] = folder
+    return built
+
+
+def clip(folder: Path) -> Path:
+    """A CLIP with 2-layer text and vision towers, a byte-level BPE in CLIP's vocab.json /
+    merges.txt format (loaded by `CLIPTokenizer`) and a 32-pixel image processor."""
+    import json
+
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    characters = list(bytes_to_unicode().values())
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "t</w>"), ("c", "at</w>"), ("d", "o"), ("do", "g</w>")]
+    vocab = characters + [c + "</w>" for c in characters] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    ids = tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"])
+    torch.manual_seed(2)
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": ids[0],
+                     "eos_token_id": ids[1], "pad_token_id": ids[1]},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    CLIPModel(config).eval().save_pretrained(folder)
+    return folder
