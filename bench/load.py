@@ -53,10 +53,15 @@ def burst(requests: int = 300) -> dict:
             "server_rss_idle_mib": round(idle / 2**20), "server_rss_peak_mib": round(peak[0] / 2**20)}
 
 
+SOAK_RESULT_TTL = 60  # seconds /run results are kept here (default 1800), so retention settles in the run
+
+
 def soak(seconds: float = 180, concurrency: int = 8) -> dict:
     """Mixed load for `seconds`: small and large embeddings through /runsync, /run then
-    /status, the OpenAI route, rerank-less bad inputs; RSS sampled every 5 s."""
-    targets = Targets(["local endpoint"], "auto")
+    /status, the OpenAI route, bad inputs; RSS sampled every 5 s. Results are kept as long
+    as the endpoint keeps them (/runsync 60 s; /run SOAK_RESULT_TTL), so memory must settle
+    once the first minute's results start to expire."""
+    targets = Targets(["local endpoint"], "auto", env={"LOCAL_RESULT_TTL": str(SOAK_RESULT_TTL)})
     targets.start_processes()
     server = targets.process("local endpoint")
     base = targets.urls["local endpoint"]
@@ -107,7 +112,7 @@ def soak(seconds: float = 180, concurrency: int = 8) -> dict:
         asyncio.run(targets.stop())
     half = [s for s in samples if s[0] >= seconds / 2]
     slope = float(np.polyfit([s[0] for s in half], [s[1] for s in half], 1)[0]) * 60 if len(half) > 2 else 0.0
-    return {"seconds": seconds, "concurrency": concurrency, **counts,
+    return {"seconds": seconds, "concurrency": concurrency, "result_ttl_s": SOAK_RESULT_TTL, **counts,
             "rss_start_mib": round(samples[0][1]), "rss_end_mib": round(samples[-1][1]),
             "rss_peak_mib": round(max(s[1] for s in samples)),
             "rss_trend_second_half_mib_per_min": round(slope, 1),

@@ -123,7 +123,9 @@ def markdown(results: dict) -> str:
         s = results["soak"]
         lines += ["", "## Soak", "",
                   f"{s['seconds']:.0f} s of mixed load at concurrency {s['concurrency']} on the local endpoint (8 and "
-                  "512 texts through `/runsync`, `/run` then `/status`, the OpenAI route with base64, bad inputs): "
+                  "512 texts through `/runsync`, `/run` then `/status`, the OpenAI route with base64, bad inputs), "
+                  f"results kept {s.get('result_ttl_s', 1800)} s (`LOCAL_RESULT_TTL`; `/runsync` results 60 s) so "
+                  "that what is kept reaches its steady state within the run: "
                   f"{s['completed']} completed, {s['failed']} failed as they should (bad inputs), {s['refused']} "
                   f"refused. Server RSS {s['rss_start_mib']} MiB at the start, {s['rss_end_mib']} MiB at the end "
                   f"(peak {s['rss_peak_mib']}); trend over the second half: {s['rss_trend_second_half_mib_per_min']} "
@@ -142,6 +144,13 @@ def markdown(results: dict) -> str:
                   "|---|---|---|---|"]
         lines += [f"| {name} | {row['sentences_per_s']} | {row['min_cosine_to_torch']} | {row['mean_cosine_to_torch']} |"
                   for name, row in results["backends"].items()]
+    if "images" in results:
+        i = results["images"]
+        lines += ["", "## Images", "",
+                  f"{i['model']}: **{i['images_per_s']} images/s** through the worker's service, {i['per_request']} "
+                  f"images a request x {i['concurrency']} concurrent, {i['input']}. A real CLIP: "
+                  f"{i['real_clip']}; this row measures the image path (decoding, preprocessing, batching), "
+                  "not a real vision tower."]
     if "gpu" in results:
         lines += ["", "## GPU", "", results["gpu"]]
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@
 
 Writes docs/benchmarks.json, docs/benchmarks.png and docs/BENCHMARKS.md. One module per
 measurement: `throughput` (with `servers` and `peers`), `cold_start`, `quality`, `load`,
-`serving_profile`, `compute`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
+`serving_profile`, `compute`, `images`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
 loaded offline from `.cache/huggingface` (`make bundled-model` puts it there).
 """
 
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import cold_start  # noqa: E402
 import compute  # noqa: E402
+import images  # noqa: E402
 import load  # noqa: E402
 import serving_profile  # noqa: E402
 import quality  # noqa: E402
@@ -34,7 +35,7 @@ import throughput  # noqa: E402
 from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "sweep", "cold start", "imports", "quality", "profile",
-         "payloads", "load", "soak", "flops", "backends"]
+         "payloads", "load", "soak", "flops", "backends", "images"]
 
 
 def auto_dtype() -> str:
@@ -82,6 +83,8 @@ def run_step(step: str, results: dict, scale: float, quick: bool) -> None:
         results["flops"] = compute.flops()
     elif step == "backends":
         results["backends"] = quality.backends(scale)
+    elif step == "images":
+        results["images"] = images.images()
 
 
 def main() -> None:

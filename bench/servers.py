@@ -23,9 +23,12 @@ PEERS = ("original worker", "infinity server")
 
 
 class Targets:
-    def __init__(self, names: list[str], dtype: str, original_dtype: str = "auto") -> None:
-        """`dtype`: this worker's and Infinity's server's DTYPES; `original_dtype`: the original's."""
+    def __init__(self, names: list[str], dtype: str, original_dtype: str = "auto",
+                 env: dict[str, str] | None = None) -> None:
+        """`dtype`: this worker's and Infinity's server's DTYPES; `original_dtype`: the original's;
+        `env`: more variables for this worker's servers."""
         self.names = names
+        self.env = env or {}
         self.dtype = dtype
         self.original_dtype = original_dtype
         self.processes: dict[str, subprocess.Popen] = {}
@@ -35,7 +38,7 @@ class Targets:
         self.client: httpx.AsyncClient | None = None
 
     def start_processes(self) -> None:
-        env = {**ENV, "DTYPES": self.dtype}
+        env = {**ENV, "DTYPES": self.dtype, **self.env}
         for name in self.names:
             if name == "local endpoint":
                 port = free_port()

@@ -11,7 +11,8 @@ VARIABLES = ["MODEL_NAMES", "SERVED_MODEL_NAMES", "BATCH_SIZES", "DTYPES", "BACK
              "INFINITY_QUEUE_SIZE", "RUNPOD_MAX_CONCURRENCY", "REQUEST_TIMEOUT",
              "MAX_EMBED_INPUTS", "MAX_RERANK_DOCS", "MAX_INPUT_CHARS", "MODEL_REVISIONS",
              "BAKED_HF_CACHE", "RUNPOD_VOLUME_DIR", "ONNX_QUANTIZED", "TRUST_REMOTE_CODE", "DEVICE",
-             "MODEL_PROMPTS"]
+             "MODEL_PROMPTS", "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
+             "IMAGE_FETCH_TIMEOUT", "ALLOW_PRIVATE_URLS"]
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_defaults(env):
     assert settings.infinity_queue_size == 48000
     assert settings.runpod_max_concurrency == 300
     assert settings.limits.model_dump() == {
-        "max_embed_inputs": 2048, "max_rerank_docs": 1000, "max_input_chars": 100_000
+        "max_embed_inputs": 2048, "max_rerank_docs": 1000, "max_input_chars": 100_000, "max_images": 64
     }
 
 
@@ -67,10 +68,13 @@ def test_model_revisions_align_with_models(env):
 
 def test_limits_are_configurable(env):
     settings = settings_from(env, MODEL_NAMES="a/b", MAX_EMBED_INPUTS="4", MAX_RERANK_DOCS="5",
-                             MAX_INPUT_CHARS="6")
+                             MAX_INPUT_CHARS="6", MAX_IMAGES_PER_REQUEST="7", MAX_IMAGE_BYTES="8",
+                             MAX_IMAGE_PIXELS="9", IMAGE_FETCH_TIMEOUT="1.5", ALLOW_PRIVATE_URLS="true")
     assert settings.limits.model_dump() == {
-        "max_embed_inputs": 4, "max_rerank_docs": 5, "max_input_chars": 6
+        "max_embed_inputs": 4, "max_rerank_docs": 5, "max_input_chars": 6, "max_images": 7
     }
+    limits = settings.image_limits
+    assert (limits.max_bytes, limits.max_pixels, limits.fetch_timeout, limits.allow_private_urls) == (8, 9, 1.5, True)
 
 
 def test_lists_empty_entries_and_broadcast(env):
