@@ -124,8 +124,8 @@ def markdown(results: dict) -> str:
         lines += ["", "## Soak", "",
                   f"{s['seconds']:.0f} s of mixed load at concurrency {s['concurrency']} on the local endpoint (8 and "
                   "512 texts through `/runsync`, `/run` then `/status`, the OpenAI route with base64, bad inputs), "
-                  f"results kept {s.get('result_ttl_s', 1800)} s (`LOCAL_RESULT_TTL`; `/runsync` results 60 s) so "
-                  "that what is kept reaches its steady state within the run: "
+                  f"finished results kept {s.get('result_ttl_s', 1800)} s (`LOCAL_RESULT_TTL`, `LOCAL_RUNSYNC_TTL`) "
+                  "so that the trend shows leaks, not retention (which `LOCAL_MAX_RESULT_BYTES` bounds): "
                   f"{s['completed']} completed, {s['failed']} failed as they should (bad inputs), {s['refused']} "
                   f"refused. Server RSS {s['rss_start_mib']} MiB at the start, {s['rss_end_mib']} MiB at the end "
                   f"(peak {s['rss_peak_mib']}); trend over the second half: {s['rss_trend_second_half_mib_per_min']} "

@@ -44,47 +44,46 @@ def auto_dtype() -> str:
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
-def run_step(step: str, results: dict, scale: float, quick: bool) -> None:
+def defaults(scale: float, rounds: int) -> dict:
+    names = ["in-process engine", "local endpoint", "production loop", "rp_serve_api", "original worker"]
+    runs = throughput.compare(names, throughput.SHAPES, scale, rounds, "auto")
+    return {"defaults_dtype": auto_dtype(), "defaults": {"vs original": throughput.summarise(runs, "original worker"),
+                                                         "vs engine": throughput.summarise(runs, "in-process engine")}}
+
+
+def same_dtype(scale: float, rounds: int) -> dict:
+    dtype = auto_dtype()
+    names = ["infinity server", "local endpoint", "production loop", "original worker", "in-process engine"]
+    shapes = [s for s in throughput.SHAPES if s[0] in ("8 x c16", "256 x c1")]
+    runs = throughput.compare(names, shapes, scale, rounds, dtype, original_dtype=dtype)
+    return {"same_dtype_dtype": dtype, "same_dtype": {"vs infinity": throughput.summarise(runs, "infinity server")}}
+
+
+def sweep(scale: float) -> dict:
+    names = ["in-process engine", "local endpoint", "original worker", "infinity server"]
+    return {"sweep_dtype": auto_dtype(), "sweep": throughput.sweep(names, scale, "auto")}
+
+
+def run_step(step: str, scale: float, quick: bool) -> dict:
+    """The results of one step, as keys of the report."""
     rounds = 1 if quick else 3
-    if step == "hardware":
-        results["hardware"] = compute.hardware()
-    elif step == "defaults":
-        names = ["in-process engine", "local endpoint", "production loop", "rp_serve_api", "original worker"]
-        runs = throughput.compare(names, throughput.SHAPES, scale, rounds, "auto")
-        results["defaults_dtype"] = auto_dtype()
-        results["defaults"] = {"vs original": throughput.summarise(runs, "original worker"),
-                               "vs engine": throughput.summarise(runs, "in-process engine")}
-    elif step == "same dtype":
-        dtype = auto_dtype()
-        names = ["infinity server", "local endpoint", "production loop", "original worker", "in-process engine"]
-        shapes = [s for s in throughput.SHAPES if s[0] in ("8 x c16", "256 x c1")]
-        runs = throughput.compare(names, shapes, scale, rounds, dtype, original_dtype=dtype)
-        results["same_dtype_dtype"] = dtype
-        results["same_dtype"] = {"vs infinity": throughput.summarise(runs, "infinity server")}
-    elif step == "sweep":
-        results["sweep_dtype"] = auto_dtype()
-        results["sweep"] = throughput.sweep(["in-process engine", "local endpoint", "original worker",
-                                             "infinity server"], scale, "auto")
-    elif step == "cold start":
-        results["cold_start"] = cold_start.cold_start(1 if quick else 3)
-    elif step == "imports":
-        results["imports"] = cold_start.import_costs()
-    elif step == "quality":
-        results["quality"] = quality.dtypes(scale)
-    elif step == "profile":
-        results["profile"] = serving_profile.profile()
-    elif step == "payloads":
-        results["payloads"] = compute.payloads()
-    elif step == "load":
-        results["load"] = load.burst()
-    elif step == "soak":
-        results["soak"] = load.soak(60 if quick else 180)
-    elif step == "flops":
-        results["flops"] = compute.flops()
-    elif step == "backends":
-        results["backends"] = quality.backends(scale)
-    elif step == "images":
-        results["images"] = images.images()
+    steps = {
+        "hardware": lambda: {"hardware": compute.hardware()},
+        "defaults": lambda: defaults(scale, rounds),
+        "same dtype": lambda: same_dtype(scale, rounds),
+        "sweep": lambda: sweep(scale),
+        "cold start": lambda: {"cold_start": cold_start.cold_start(1 if quick else 3)},
+        "imports": lambda: {"imports": cold_start.import_costs()},
+        "quality": lambda: {"quality": quality.dtypes(scale)},
+        "profile": lambda: {"profile": serving_profile.profile()},
+        "payloads": lambda: {"payloads": compute.payloads()},
+        "load": lambda: {"load": load.burst()},
+        "soak": lambda: {"soak": load.soak(60 if quick else 180)},
+        "flops": lambda: {"flops": compute.flops()},
+        "backends": lambda: {"backends": quality.backends(scale)},
+        "images": lambda: {"images": images.images()},
+    }
+    return steps[step]()
 
 
 def main() -> None:
@@ -105,7 +104,7 @@ def main() -> None:
     with tqdm(steps, desc="benchmarks", unit="step") as progress:
         for step in progress:
             progress.set_postfix_str(step)
-            run_step(step, results, 0.25 if args.quick else 1.0, args.quick)
+            results.update(run_step(step, 0.25 if args.quick else 1.0, args.quick))
             args.out.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2) + "\n")  # each step kept, whatever comes next
     report.plot(results, args.out / "benchmarks.png")
