@@ -34,7 +34,8 @@ from embedding_worker.api.schemas import (
     TokenizeResponse,
     Usage,
 )
-from embedding_worker.engine.registry import DeployedModel, EngineRegistry
+from embedding_worker.engine.deployed import DeployedModel
+from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.errors import InvalidRequest, NonFiniteOutput
 
 

@@ -22,77 +22,26 @@ Every engine call goes through `call`, which keeps the worker honest under load:
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
 import logging
-import threading
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from embedding_worker.errors import (
     EngineFailure,
-    ModelLoadError,
     ModelNotFound,
     Overloaded,
-    UnsupportedTask,
 )
-from embedding_worker.engine.hardware import Hardware, choose_dtype
-from embedding_worker.engine.health import EngineHealth
-from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, self_test
-from embedding_worker.engine.model_sources import ModelLocations, resolve_model
-from embedding_worker.engine.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
-from embedding_worker.prompts import ModelPrompts, read_model_prompts
-from embedding_worker.settings import Backend, ModelSpec
+from embedding_worker.engine.deployed import DeployedModel
+from embedding_worker.engine.hardware import Hardware
+from embedding_worker.engine.loading import load_model
+from embedding_worker.engine.model_sources import ModelLocations
+from embedding_worker.settings import ModelSpec
 
 if TYPE_CHECKING:
-    from infinity_emb import AsyncEmbeddingEngine, AsyncEngineArray
+    from infinity_emb import AsyncEngineArray
 
 log = logging.getLogger(__name__)
 ResultT = TypeVar("ResultT")
-
-
-@dataclass
-class DeployedModel:
-    spec: ModelSpec
-    engine: AsyncEmbeddingEngine
-    created: int  # Unix time the model was loaded
-    device: str = "cpu"  # where it runs: cuda or cpu
-    dtype: str = "float32"  # the precision it runs at (DTYPES=auto resolved)
-    embedding_dimension: int | None = None  # None until known (embedders only)
-    max_input_tokens: int | None = None  # longer inputs are truncated to this
-    prompts: ModelPrompts = field(default_factory=ModelPrompts)
-    architecture: str = "unknown"
-    tokenizer: Any = None  # a copy of the model's tokenizer, for counting and `tokenize`
-    int8_scales: dict[int, float] = field(default_factory=dict)  # per dimensions (compact.int8_scale)
-    health: EngineHealth = field(init=False)
-    _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def __post_init__(self) -> None:
-        self.health = EngineHealth(self.spec.name)
-
-    def token_ids(self, texts: list[str]) -> list[list[int]]:
-        """Each text's token ids, special tokens included, untruncated (blocking: call in a thread)."""
-        if self.tokenizer is None:
-            raise UnsupportedTask(f"model: {self.name!r} has no tokenizer to count with")
-        with self._tokenizer_lock:  # a fast tokenizer is not safe for concurrent calls
-            return self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def capabilities(self) -> frozenset[str]:
-        return frozenset(self.engine.capabilities)
-
-    def require(self, capability: str) -> None:
-        if capability not in self.capabilities:
-            can_do = ", ".join(sorted(self.capabilities)) or "nothing"
-            raise UnsupportedTask(
-                f"model: {self.name!r} cannot {capability}; it supports: {can_do}"
-            )
 
 
 class EngineRegistry:
@@ -119,7 +68,7 @@ class EngineRegistry:
         trust_remote_code: bool = False,
     ) -> EngineRegistry:
         """Find and load every model; raise `ModelLoadError` naming the first that fails."""
-        models = [_load(spec, locations, hardware, onnx_quantized, trust_remote_code) for spec in specs]
+        models = [load_model(spec, locations, hardware, onnx_quantized, trust_remote_code) for spec in specs]
         return cls(models, timeout, queue_size)
 
     @property
@@ -228,120 +177,3 @@ class EngineRegistry:
                 f"model {model.name!r} is unavailable: {model.health.failure}; the worker asked to be replaced",
                 refresh_worker=True,
             )
-
-
-def _load(
-    spec: ModelSpec,
-    locations: ModelLocations,
-    hardware: Hardware,
-    onnx_quantized: bool,
-    trust_remote_code: bool,
-) -> DeployedModel:
-    from infinity_emb import AsyncEmbeddingEngine, EngineArgs
-
-    started = time.perf_counter()
-    onnx = spec.backend is Backend.optimum
-    found = resolve_model(spec.source, spec.revision, locations, onnx=onnx)
-    path = found.path
-    dtype = choose_dtype(spec.dtype, hardware, path, spec.backend.value, spec.name)
-    try:
-        if onnx:
-            fix_infinity_onnx_lookup()
-            path = ensure_onnx(path, locations.download_cache.parent, quantized=onnx_quantized)
-        engine = AsyncEmbeddingEngine.from_args(
-            EngineArgs(
-                model_name_or_path=str(path),
-                pooling_method=pooling_method(path),  # read by the ONNX backend only
-                onnx_do_not_prefer_quantized=not onnx_quantized,
-                trust_remote_code=trust_remote_code,
-                served_model_name=spec.name,
-                batch_size=spec.batch_size,
-                engine=spec.backend.value,
-                device=hardware.device,
-                dtype=dtype,
-                lengths_via_tokenize=True,  # usage counts tokens, not characters
-                model_warmup=False,  # a warm-up costs seconds of cold start and buys nothing here
-            )
-        )
-    except Exception as exc:  # noqa: BLE001 - any load failure ends start-up with one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not load model {spec.source!r}: {reason}") from exc
-    if onnx:
-        dtype = "int8" if onnx_quantized else "float32"
-    replicas = getattr(engine, "_model_replicas", [])
-    for replica in replicas:
-        if dropped := fit_tokenizer_inputs(replica):
-            log.info("model %r: its forward pass takes no %s; the tokenizer no longer emits them",
-                     spec.name, ", ".join(dropped))
-        if positions := fit_text_length(replica):
-            log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
-    tested = sum(self_test(spec.name, replica, set(engine.capabilities), _architecture(found.path))
-                 for replica in replicas)
-    log.info(
-        "model %r: %s (%s); serving as %r (%s, %s, batch size %d) on %s; self-test %.0f ms; loaded in %.1f s",
-        spec.source,
-        found.source.value,
-        path,
-        spec.name,
-        spec.backend.value,
-        dtype,
-        spec.batch_size,
-        hardware.describe(),
-        1000 * tested,
-        time.perf_counter() - started,
-    )
-    dimension, max_tokens = _describe(engine)
-    return DeployedModel(
-        spec=spec,
-        engine=engine,
-        created=int(time.time()),
-        device=hardware.device,
-        dtype=dtype,
-        embedding_dimension=dimension,
-        max_input_tokens=max_tokens,
-        prompts=read_model_prompts(found.path, spec.prompts),
-        architecture=_architecture(found.path),
-        tokenizer=_own_tokenizer(replicas[0] if replicas else None),
-    )
-
-
-def _architecture(model_path) -> str:
-    try:
-        config = json.loads((model_path / "config.json").read_text())
-        return (config.get("architectures") or [config.get("model_type", "unknown")])[0]
-    except (OSError, ValueError):
-        return "unknown"
-
-
-def _own_tokenizer(model_object: Any) -> Any:
-    """A private copy of the model's tokenizer (Infinity's threads use theirs)."""
-    if model_object is None:
-        return None
-    first = model_object[0] if hasattr(model_object, "_first_module") else None
-    for candidate in (getattr(model_object, "_infinity_tokenizer", None), getattr(first, "tokenizer", None),
-                      getattr(model_object, "tokenizer", None),
-                      getattr(getattr(model_object, "_pipe", None), "tokenizer", None),
-                      getattr(getattr(model_object, "processor", None), "tokenizer", None)):
-        if candidate is not None and callable(candidate):
-            return copy.deepcopy(candidate)
-    return None
-
-
-def _describe(engine: AsyncEmbeddingEngine) -> tuple[int | None, int | None]:
-    """Embedding dimension and input token limit, where the loaded model tells them.
-
-    Infinity keeps the loaded model on a private attribute, so read it defensively; an
-    embedder's dimension is otherwise learnt from its first vectors.
-    """
-    replicas = getattr(engine, "_model_replicas", None) or [None]
-    model = replicas[0]
-    dimension = None
-    if "embed" in engine.capabilities:
-        get_dimension = getattr(model, "get_sentence_embedding_dimension", None)
-        dimension = get_dimension() if callable(get_dimension) else None
-    max_tokens = getattr(model, "max_seq_length", None) or getattr(model, "max_length", None) or getattr(
-        getattr(model, "_infinity_tokenizer", None), "model_max_length", None
-    )
-    if not isinstance(max_tokens, int) or max_tokens > 1_000_000:  # "no limit" sentinels
-        max_tokens = None
-    return dimension, max_tokens

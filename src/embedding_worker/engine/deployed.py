@@ -1,0 +1,57 @@
+"""A deployed model: its engine, what it can do, how it is served, and its health."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from embedding_worker.engine.health import EngineHealth
+from embedding_worker.errors import UnsupportedTask
+from embedding_worker.prompts import ModelPrompts
+from embedding_worker.settings import ModelSpec
+
+if TYPE_CHECKING:
+    from infinity_emb import AsyncEmbeddingEngine
+
+
+@dataclass
+class DeployedModel:
+    spec: ModelSpec
+    engine: AsyncEmbeddingEngine
+    created: int  # Unix time the model was loaded
+    device: str = "cpu"  # where it runs: cuda or cpu
+    dtype: str = "float32"  # the precision it runs at (DTYPES=auto resolved)
+    embedding_dimension: int | None = None  # None until known (embedders only)
+    max_input_tokens: int | None = None  # longer inputs are truncated to this
+    prompts: ModelPrompts = field(default_factory=ModelPrompts)
+    architecture: str = "unknown"
+    tokenizer: Any = None  # a copy of the model's tokenizer, for counting and `tokenize`
+    int8_scales: dict[int, float] = field(default_factory=dict)  # per dimensions (compact.int8_scale)
+    health: EngineHealth = field(init=False)
+    _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.health = EngineHealth(self.spec.name)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, special tokens included, untruncated (blocking: call in a thread)."""
+        if self.tokenizer is None:
+            raise UnsupportedTask(f"model: {self.name!r} has no tokenizer to count with")
+        with self._tokenizer_lock:  # a fast tokenizer is not safe for concurrent calls
+            return self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(self.engine.capabilities)
+
+    def require(self, capability: str) -> None:
+        if capability not in self.capabilities:
+            can_do = ", ".join(sorted(self.capabilities)) or "nothing"
+            raise UnsupportedTask(
+                f"model: {self.name!r} cannot {capability}; it supports: {can_do}"
+            )
