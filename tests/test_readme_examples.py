@@ -55,7 +55,7 @@ def assert_same_shape(got, documented, path="output"):
 
 
 def test_every_example_has_a_request_and_a_response():
-    assert len(NAMES) == 10
+    assert len(NAMES) == 11
     for name in NAMES:
         assert f"{name} response" in EXAMPLES
 
