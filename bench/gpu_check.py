@@ -38,14 +38,17 @@ def sentences(count: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for _ in range(count)]
 
 
-def tiny_reranker(folder: Path, tokenizer_source: str) -> Path:
+def tiny_reranker(folder: Path, tokenizer_source: str, hidden_size: int = 64, layers: int = 2,
+                  heads: int = 2) -> Path:
+    """A BERT cross-encoder with random weights and the given tokenizer (no real reranker
+    can be had offline): it shows how far scores move, not ranking quality."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=128, num_labels=1)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=4 * hidden_size, num_labels=1)
     BertForSequenceClassification(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from common import MODEL, corpus, drive, shaped, worker_for
+from gpu_check import tiny_reranker
 
 
 def embed_once(texts: list[str], backend: str = "torch", **variables: str) -> np.ndarray:
@@ -65,18 +67,19 @@ def rerank_scores(reranker: str, dtype: str, query: str, docs: list[str]) -> np.
 
 
 def dtypes(scale: float) -> dict:
-    from embedding_worker.engine.hardware import Device, choose_dtype, detect_hardware
     from huggingface_hub import snapshot_download
 
-    import os
+    from embedding_worker.engine.hardware import Device, choose_dtype, detect_hardware
 
     found = detect_hardware(Device.auto, os.environ)
-    auto = choose_dtype("auto", found, Path(snapshot_download(MODEL, local_files_only=True)), "torch", MODEL)
+    model_path = snapshot_download(MODEL, local_files_only=True)
+    auto = choose_dtype("auto", found, Path(model_path), "torch", MODEL)
     texts = corpus(1600)
     reference = embed_once(texts, DTYPES="float32")
     vectors = embed_once(texts, DTYPES=auto)
     cosine = (vectors * reference).sum(1)
-    reranker = tiny_reranker()
+    reranker = str(tiny_reranker(Path(tempfile.mkdtemp(prefix="bench-reranker-")), model_path,
+                                 hidden_size=384, layers=4, heads=6))
     query, docs = "fast retrieval of similar documents", corpus(64, seed=3)
     exact, chosen = rerank_scores(reranker, "float32", query, docs), rerank_scores(reranker, auto, query, docs)
     return {
@@ -89,23 +92,6 @@ def dtypes(scale: float) -> dict:
         "speed_float32": speed("torch", scale, DTYPES="float32"),
         "speed_auto": speed("torch", scale, DTYPES=auto),
     }
-
-
-def tiny_reranker() -> str:
-    """A small BERT cross-encoder with MiniLM's tokenizer and random weights (no real
-    reranker is available offline): it shows how far scores move, not ranking quality."""
-    import torch
-    from huggingface_hub import snapshot_download
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    folder = Path(tempfile.mkdtemp(prefix="bench-reranker-"))
-    tokenizer = AutoTokenizer.from_pretrained(snapshot_download(MODEL, local_files_only=True))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=384, num_hidden_layers=4,
-                        num_attention_heads=6, intermediate_size=1536, num_labels=1)
-    BertForSequenceClassification(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def backends(scale: float) -> dict:

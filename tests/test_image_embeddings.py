@@ -186,6 +186,18 @@ def test_bad_images_fail_in_one_line_and_the_worker_serves_on(served, image_serv
     assert "data" in served.run({"model": "clip", "input": [{"image": data_uri(1)}]})
 
 
+def test_images_at_the_per_request_bound_and_bad_item_shapes(served):
+    assert len(served.run({"model": "clip", "input": [{"image": data_uri(1)}] * 4})["data"]) == 4
+    assert served.run({"model": "clip", "modality": "video", "input": ["x"]}) == {
+        "error": "modality: Input should be 'text' or 'image'"}
+    assert served.run({"model": "clip", "input": [{"image": 7}]}) == {
+        "error": "input: item 0: image must be a non-empty string"}
+    assert served.run({"model": "clip", "input": [{"image": "x", "text": "y"}]})["error"].startswith(
+        'input: item 0 must be a string, {"text": ...} or {"image": ...}')
+    assert served.run({"model": "clip", "modality": "image", "input": [""]}) == {
+        "error": "input: item 0: image must be a non-empty string"}
+
+
 def test_an_image_sent_to_a_text_only_model_fails_naming_what_it_can_do(served):
     output = served.run({"model": EMBEDDER_ID, "input": ["text", {"image": data_uri(1)}]})
     assert output == {"error": f"input: item 1 is an image; model '{EMBEDDER_ID}' takes text only "

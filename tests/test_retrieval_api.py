@@ -120,6 +120,8 @@ BAD = {
     "unknown prompt_name": ({"prompt_name": "summary"},
                             "prompt_name: 'summary' is not a prompt of model 'prompted'; its prompts: document, query, title"),
     "truncate not a boolean": ({"truncate": "no"}, "truncate: Input should be a valid boolean"),
+    "prompt not a string": ({"prompt": 5}, "prompt: Input should be a valid string"),
+    "prompt_name not a string": ({"prompt_name": ["query"]}, "prompt_name: Input should be a valid string"),
     "unknown encoding_format": ({"encoding_format": "int4"}, "encoding_format: Input should be 'float', 'base64', "
                                                             "'int8', 'uint8', 'binary' or 'ubinary'"),
 }
@@ -156,6 +158,17 @@ def test_tokenize_gives_ids_and_counts_as_the_model_sees_them(served, encoders, 
         assert item["tokens"] == tokenizer(text)["input_ids"] and item["count"] == len(item["tokens"])
     assert served.run({"task": "translate", "model": EMBEDDER_ID, "input": "x"}) == {
         "error": "task: 'translate' is not supported; supported: tokenize"}
+    assert served.run({"task": 1, "model": EMBEDDER_ID, "input": "x"}) == {
+        "error": "task: 1 is not supported; supported: tokenize"}
+
+
+def test_tokenize_is_bounded_like_embeddings(served):
+    at_bound = served.run({"task": "tokenize", "model": EMBEDDER_ID, "input": ["x"] * 2048})
+    assert len(at_bound["data"]) == 2048
+    past = served.run({"task": "tokenize", "model": EMBEDDER_ID, "input": ["x"] * 2049})
+    assert past == {"error": "input: has 2049 items; the limit is 2048 (MAX_EMBED_INPUTS)"}
+    assert served.run({"task": "tokenize", "model": EMBEDDER_ID, "input": []}) == {
+        "error": "input: must not be an empty list"}
 
 
 @pytest.mark.parametrize("precision", ["binary", "ubinary"])

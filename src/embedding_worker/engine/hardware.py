@@ -148,7 +148,7 @@ def choose_dtype(requested: str, hardware: Hardware, model_path: Path, backend: 
         return requested
     if backend == "optimum":
         return "auto"  # ONNX files carry their own precision (ONNX_QUANTIZED)
-    if hardware.device != "cuda" and "vision_config" in _config(model_path):
+    if hardware.device != "cuda" and "vision_config" in model_config(model_path):
         return "float32"  # Infinity loads CLIP-style models at full precision on a CPU
     if hardware.device == "cuda":
         if model_type(model_path) in FLOAT16_OVERFLOWS or _stored_as_bfloat16(model_path):
@@ -160,16 +160,17 @@ def choose_dtype(requested: str, hardware: Hardware, model_path: Path, backend: 
 
 
 def model_type(model_path: Path) -> str | None:
-    return _config(model_path).get("model_type")
+    return model_config(model_path).get("model_type")
 
 
 def _stored_as_bfloat16(model_path: Path) -> bool:
     """Trained and shipped in bfloat16: float16's smaller range may overflow."""
-    config = _config(model_path)
+    config = model_config(model_path)
     return (config.get("torch_dtype") or config.get("dtype")) == "bfloat16"
 
 
-def _config(model_path: Path) -> dict:
+def model_config(model_path: Path) -> dict:
+    """The model's config.json, or {} when it has none."""
     try:
         return json.loads((Path(model_path) / "config.json").read_text())
     except (OSError, ValueError):

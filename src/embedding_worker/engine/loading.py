@@ -4,15 +4,13 @@ prompts, architecture). Any failure is one `ModelLoadError` line naming the mode
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from embedding_worker.engine.deployed import DeployedModel
-from embedding_worker.engine.hardware import Hardware, choose_dtype
-from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, self_test
+from embedding_worker.engine.hardware import Hardware, choose_dtype, model_config
+from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, private_tokenizer, self_test
 from embedding_worker.engine.model_sources import ModelLocations, resolve_model
 from embedding_worker.engine.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
 from embedding_worker.errors import ModelLoadError
@@ -70,8 +68,9 @@ def load_model(
                      spec.name, ", ".join(dropped))
         if positions := fit_text_length(replica):
             log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
-    tested = sum(self_test(spec.name, replica, set(engine.capabilities), _architecture(found.path))
-                 for replica in replicas)
+    config = model_config(found.path)
+    architecture = (config.get("architectures") or [config.get("model_type", "unknown")])[0]
+    tested = sum(self_test(spec.name, replica, set(engine.capabilities), architecture) for replica in replicas)
     log.info(
         "model %r: %s (%s); serving as %r (%s, %s, batch size %d) on %s; self-test %.0f ms; loaded in %.1f s",
         spec.source,
@@ -95,31 +94,9 @@ def load_model(
         embedding_dimension=dimension,
         max_input_tokens=max_tokens,
         prompts=read_model_prompts(found.path, spec.prompts),
-        architecture=_architecture(found.path),
-        tokenizer=_own_tokenizer(replicas[0] if replicas else None),
+        architecture=architecture,
+        tokenizer=private_tokenizer(replicas[0]) if replicas else None,
     )
-
-
-def _architecture(model_path) -> str:
-    try:
-        config = json.loads((model_path / "config.json").read_text())
-        return (config.get("architectures") or [config.get("model_type", "unknown")])[0]
-    except (OSError, ValueError):
-        return "unknown"
-
-
-def _own_tokenizer(model_object: Any) -> Any:
-    """A private copy of the model's tokenizer (Infinity's threads use theirs)."""
-    if model_object is None:
-        return None
-    first = model_object[0] if hasattr(model_object, "_first_module") else None
-    for candidate in (getattr(model_object, "_infinity_tokenizer", None), getattr(first, "tokenizer", None),
-                      getattr(model_object, "tokenizer", None),
-                      getattr(getattr(model_object, "_pipe", None), "tokenizer", None),
-                      getattr(getattr(model_object, "processor", None), "tokenizer", None)):
-        if candidate is not None and callable(candidate):
-            return copy.deepcopy(candidate)
-    return None
 
 
 def _describe(engine: AsyncEmbeddingEngine) -> tuple[int | None, int | None]:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import time
@@ -71,6 +72,15 @@ def self_test(model_name: str, model_object: Any, capabilities: set[str], archit
             f"{type(exc).__name__}: {reason}"
         ) from exc
     return time.perf_counter() - started
+
+
+def private_tokenizer(model_object: Any) -> Any:
+    """A copy of the model's tokenizer for counting and `tokenize` (Infinity's threads use theirs)."""
+    processor = getattr(model_object, "processor", None)  # CLIP-style models
+    candidates = [getattr(model_object, "_infinity_tokenizer", None),
+                  *(tokenizer for tokenizer, _ in _tokenizers_and_models(model_object)),
+                  getattr(processor, "tokenizer", None)]
+    return next((copy.deepcopy(c) for c in candidates if c is not None and callable(c)), None)
 
 
 def _tokenizers_and_models(model_object: Any) -> Iterator[tuple[Any, Any]]:
