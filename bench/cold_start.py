@@ -124,4 +124,32 @@ def import_costs() -> dict:
                  "from embedding_worker.engine.lean_imports import import_infinity; import_infinity('torch'); "
                  "print(time.perf_counter() - s)")
     return {"top_level_imports_s": top, "runpod_import_s": {"before": plain, "after": cut},
-            "infinity_import_s": {"before": full, "after": lean}}
+            "infinity_import_s": {"before": full, "after": lean}, "what_remains_s": what_remains()}
+
+
+REMAINING = [  # in the order the worker's import reaches them
+    ("torch", "import torch"),
+    ("torch._dynamo and sympy (Infinity and transformers import them)", "import torch._dynamo"),
+    ("transformers' model classes", "from transformers import AutoModel, PreTrainedModel"),
+    ("sentence-transformers", "import sentence_transformers"),
+    ("fastapi, aiohttp (Infinity's server module; runpod needs them too)", "import fastapi, aiohttp"),
+    ("Infinity itself", "import infinity_emb"),
+    ("runpod, with the worker's cut", "from embedding_worker.serving.runpod_patches import import_runpod; "
+                                      "import_runpod()"),
+]
+
+
+def what_remains() -> dict[str, float]:
+    """Each part of the worker's lean import on its own, in order, median of 3 processes:
+    what a cold start still spends on imports."""
+    steps = "".join(f"s = time.perf_counter(); {code}; out[{label!r}] = time.perf_counter() - s\n"
+                    for label, code in REMAINING)
+    code = ("import sys, time, json; sys.path.insert(0, 'src'); out = {}\n"
+            "from embedding_worker.engine import lean_imports as lean\n"
+            "hidden = [*lean.UNUSED_BY_BACKEND['torch'], *lean.UNUSED_FOR_SERVING]\n"
+            "lean.make_evaluation_lazy()\n"
+            "sys.modules.update(dict.fromkeys(hidden))\n"
+            f"{steps}print(json.dumps(out))")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True,
+                                      text=True, check=True).stdout.strip().splitlines()[-1]) for _ in range(3)]
+    return {label: round(statistics.median(run[label] for run in runs), 2) for label, _ in REMAINING}

@@ -50,43 +50,73 @@ def payloads() -> dict:
     return results
 
 
-def flops() -> dict:
-    """GEMM FLOP/s at the model's shapes against the FLOP/s the model achieves at batch 32."""
+def flops(auto_dtype: str) -> dict:
+    """At float32 and at `auto_dtype`: GEMM FLOP/s at the model's shapes, the FLOP/s the model
+    achieves at batch 32, and where a forward pass's time goes (torch profiler, by operator
+    kind). The ceiling that no serving path can pass is the model's compute at that dtype."""
     import torch
     from huggingface_hub import snapshot_download
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(snapshot_download(MODEL, local_files_only=True), device="cpu")
-    config = model[0].auto_model.config
-    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    path = snapshot_download(MODEL, local_files_only=True)
     texts = corpus(32)
-    tokens = model.tokenize(texts)["input_ids"]
-    batch, seq = tokens.shape
-    real_tokens = int((tokens != 0).sum())
-
-    def gemm_flops(m: int, k: int, n: int) -> float:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        for _ in range(3):
-            a @ b
-        started, reps = time.perf_counter(), 20
-        for _ in range(reps):
-            a @ b
-        return 2 * m * k * n * reps / (time.perf_counter() - started)
-
-    m = batch * seq
-    shapes = {"h x h": (m, hidden, hidden), "h x 4h": (m, hidden, inter), "4h x h": (m, inter, hidden)}
-    gemm = {name: round(gemm_flops(*shape) / 1e9, 1) for name, shape in shapes.items()}
-    # per layer: Q, K, V and output projections (4 h^2), FFN (2 h i), attention (2 s h)
-    model_flop = layers * (2 * m * (4 * hidden * hidden + 2 * hidden * inter) + 2 * 2 * batch * seq * seq * hidden)
-    with torch.inference_mode():
-        for _ in range(2):
-            model.encode(texts, batch_size=32)
-        started, reps = time.perf_counter(), 10
-        for _ in range(reps):
-            model.encode(texts, batch_size=32)
-    per_batch = (time.perf_counter() - started) / reps
-    achieved = model_flop / per_batch / 1e9
-    return {"threads": torch.get_num_threads(), "batch": batch, "padded_tokens_per_sentence": seq,
-            "real_token_share": round(real_tokens / (batch * seq), 3), "gemm_gflops": gemm,
+    results = {"threads": torch.get_num_threads(), "dtypes": {}}
+    for name in dict.fromkeys(["float32", auto_dtype]):
+        dtype = getattr(torch, name)
+        model = SentenceTransformer(path, device="cpu").to(dtype)
+        config = model[0].auto_model.config
+        hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+        features = model.tokenize(texts)
+        batch, seq = features["input_ids"].shape
+        m = batch * seq
+        shapes = {"h x h": (m, hidden, hidden), "h x 4h": (m, hidden, inter), "4h x h": (m, inter, hidden)}
+        gemm = {label: round(_gemm_flops(*shape, dtype) / 1e9, 1) for label, shape in shapes.items()}
+        # per layer: Q, K, V and output projections (4 h^2), FFN (2 h i), attention (2 s h)
+        model_flop = layers * (2 * m * (4 * hidden * hidden + 2 * hidden * inter) + 2 * 2 * batch * seq * seq * hidden)
+        with torch.inference_mode():
+            for _ in range(2):
+                model(dict(features))
+            started, reps = time.perf_counter(), 10
+            for _ in range(reps):
+                model(dict(features))
+            per_batch = (time.perf_counter() - started) / reps
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+                for _ in range(3):
+                    model(dict(features))
+        achieved = model_flop / per_batch / 1e9
+        results["dtypes"][name] = {
+            "batch": batch, "padded_tokens_per_sentence": seq,
+            "real_token_share": round(float(features["attention_mask"].float().mean()), 3), "gemm_gflops": gemm,
             "model_gflop_per_batch": round(model_flop / 1e9, 2), "model_gflops": round(achieved, 1),
-            "ms_per_batch": round(per_batch * 1000, 1), "model_over_gemm": round(achieved / max(gemm.values()), 3)}
+            "ms_per_batch": round(per_batch * 1000, 1), "model_over_gemm": round(achieved / max(gemm.values()), 3),
+            "time_by_operator": _operator_shares(profiler)}
+    return results
+
+
+def _gemm_flops(m: int, k: int, n: int, dtype) -> float:
+    import torch
+
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    started, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ b
+    return 2 * m * k * n * reps / (time.perf_counter() - started)
+
+
+OPERATOR_KINDS = {"matmul (linear layers)": ("addmm", "mm", "bmm", "matmul"),
+                  "attention": ("scaled_dot_product", "softmax", "baddbmm"),
+                  "activation and layer norm": ("gelu", "layer_norm", "tanh")}
+
+
+def _operator_shares(profiler) -> dict[str, float]:
+    """Self CPU time by operator kind, as shares of the forward passes' total."""
+    totals = {kind: 0.0 for kind in [*OPERATOR_KINDS, "everything else"]}
+    for event in profiler.key_averages():
+        name = event.key.removeprefix("aten::")
+        kind = next((kind for kind, keys in OPERATOR_KINDS.items()
+                     if any(name == key or (len(key) > 4 and key in name) for key in keys)), "everything else")
+        totals[kind] += event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {kind: round(value / whole, 3) for kind, value in totals.items()}

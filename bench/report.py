@@ -93,7 +93,11 @@ def markdown(results: dict) -> str:
                   f"runpod's import: {imports['runpod_import_s']['before']} s as is, "
                   f"{imports['runpod_import_s']['after']} s with the worker's cut (no `py-cpuinfo` subprocess). "
                   f"Infinity's import: {imports['infinity_import_s']['before']} s as is, "
-                  f"{imports['infinity_import_s']['after']} s without the backends a torch worker does not use."]
+                  f"{imports['infinity_import_s']['after']} s without the backends a torch worker does not use, "
+                  "scikit-learn and SciPy."]
+        if "what_remains_s" in imports:
+            lines += ["", "What the worker's imports still cost, each part on its own in import order (median of 3 "
+                      "processes): " + ", ".join(f"{k} {v} s" for k, v in imports["what_remains_s"].items()) + "."]
     if "quality" in results:
         q = results["quality"]
         lines += ["", "## Precision: what `DTYPES=auto` picks here, and what it costs", "",
@@ -130,14 +134,21 @@ def markdown(results: dict) -> str:
                   f"refused. Server RSS {s['rss_start_mib']} MiB at the start, {s['rss_end_mib']} MiB at the end "
                   f"(peak {s['rss_peak_mib']}); trend over the second half: {s['rss_trend_second_half_mib_per_min']} "
                   f"MiB/min. Samples every 5 s: {', '.join(map(str, s['rss_samples_mib']))}."]
-    if "flops" in results:
+    if "flops" in results and "dtypes" in results["flops"]:
         f = results["flops"]
         lines += ["", "## Compute: how close to the hardware", "",
-                  f"A batch of {f['batch']} sentences pads to {f['padded_tokens_per_sentence']} tokens "
-                  f"({f['real_token_share']:.0%} real tokens): {f['model_gflop_per_batch']} GFLOP in {f['ms_per_batch']} "
-                  f"ms = **{f['model_gflops']} GFLOP/s** achieved by the model at float32, against a torch matmul at the "
-                  "model's shapes (" + ", ".join(f"{k}: {v}" for k, v in f["gemm_gflops"].items()) +
-                  f" GFLOP/s, {f['threads']} threads): **{f['model_over_gemm']:.2f}** of the best GEMM."]
+                  f"sentence-transformers' forward pass on a batch of 32 sentences, {f['threads']} threads, against a "
+                  "torch matmul at the model's shapes in the same dtype; time by operator from torch's profiler "
+                  "(self CPU time).", "",
+                  "| dtype | padded tokens (real share) | GFLOP per batch | ms per batch | model GFLOP/s | "
+                  "GEMM GFLOP/s (h x h, h x 4h, 4h x h) | model / best GEMM | time by operator |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, d in f["dtypes"].items():
+            shares = ", ".join(f"{kind} {share:.0%}" for kind, share in d["time_by_operator"].items())
+            lines.append(f"| {name} | {d['padded_tokens_per_sentence']} ({d['real_token_share']:.0%}) | "
+                         f"{d['model_gflop_per_batch']} | {d['ms_per_batch']} | **{d['model_gflops']}** | "
+                         f"{', '.join(str(v) for v in d['gemm_gflops'].values())} | {d['model_over_gemm']:.2f} | "
+                         f"{shares} |")
     if "backends" in results:
         lines += ["", "## Backends", "", "In-process engine, 8 sentences x concurrency 16; quality is each vector's "
                   "cosine to torch float32's.", "", "| backend | sentences/s | min cosine | mean cosine |",

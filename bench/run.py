@@ -79,7 +79,7 @@ def run_step(step: str, scale: float, quick: bool) -> dict:
         "payloads": lambda: {"payloads": compute.payloads()},
         "load": lambda: {"load": load.burst()},
         "soak": lambda: {"soak": load.soak(60 if quick else 180)},
-        "flops": lambda: {"flops": compute.flops()},
+        "flops": lambda: {"flops": compute.flops(auto_dtype())},
         "backends": lambda: {"backends": quality.backends(scale)},
         "images": lambda: {"images": images.images()},
     }
