@@ -142,14 +142,11 @@ REMAINING = [  # in the order the worker's import reaches them
 def what_remains() -> dict[str, float]:
     """Each part of the worker's lean import on its own, in order, median of 3 processes:
     what a cold start still spends on imports."""
-    steps = "".join(f"s = time.perf_counter(); {code}; out[{label!r}] = time.perf_counter() - s\n"
+    steps = "".join(f"    s = time.perf_counter(); {code}; out[{label!r}] = time.perf_counter() - s\n"
                     for label, code in REMAINING)
     code = ("import sys, time, json; sys.path.insert(0, 'src'); out = {}\n"
-            "from embedding_worker.engine import lean_imports as lean\n"
-            "hidden = [*lean.UNUSED_BY_BACKEND['torch'], *lean.UNUSED_FOR_SERVING]\n"
-            "lean.make_evaluation_lazy()\n"
-            "sys.modules.update(dict.fromkeys(hidden))\n"
-            f"{steps}print(json.dumps(out))")
+            "from embedding_worker.engine.lean_imports import skipping_unused\n"
+            f"with skipping_unused('torch'):\n{steps}print(json.dumps(out))")
     runs = [json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True,
                                       text=True, check=True).stdout.strip().splitlines()[-1]) for _ in range(3)]
     return {label: round(statistics.median(run[label] for run in runs), 2) for label, _ in REMAINING}

@@ -20,6 +20,8 @@ import importlib
 import importlib.util
 import sys
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 UNUSED_BY_BACKEND = {
@@ -36,13 +38,21 @@ def import_infinity(backend: str) -> None:
     load another backend in this process."""
     if "infinity_emb" in sys.modules or backend not in UNUSED_BY_BACKEND:
         return
+    with skipping_unused(backend):
+        import infinity_emb  # noqa: F401
+
+
+@contextmanager
+def skipping_unused(backend: str) -> Iterator[None]:
+    """While inside: what a `backend` worker does not use is hidden, and sentence-transformers'
+    `evaluation` package is lazy."""
     hidden = [name for name in (*UNUSED_BY_BACKEND[backend], *UNUSED_FOR_SERVING) if name not in sys.modules]
     if "sklearn" in hidden:
         make_evaluation_lazy()
     for name in hidden:
         sys.modules[name] = None
     try:
-        import infinity_emb  # noqa: F401
+        yield
     finally:
         for name in hidden:
             if name in sys.modules and sys.modules[name] is None:
@@ -65,7 +75,8 @@ class LazyEvaluation(types.ModuleType):
             value = getattr(importlib.import_module(f"{self.__name__}.{name}"), name)
         else:
             self.__spec__.loader.exec_module(self)
-            value = types.ModuleType.__getattribute__(self, name)
+            self.__class__ = types.ModuleType  # the real package from here on
+            return getattr(self, name)
         types.ModuleType.__setattr__(self, name, value)
         return value
 
@@ -83,10 +94,11 @@ def make_evaluation_lazy() -> None:
     not installed."""
     if LAZY_PACKAGE in sys.modules:
         return
-    parent = importlib.util.find_spec(LAZY_PACKAGE.split(".")[0])
+    package, child = LAZY_PACKAGE.split(".")
+    parent = importlib.util.find_spec(package)
     if parent is None or not parent.submodule_search_locations:
         return
-    folders = [Path(location, LAZY_PACKAGE.split(".")[1]) for location in parent.submodule_search_locations]
+    folders = [Path(location, child) for location in parent.submodule_search_locations]
     folder = next((folder for folder in folders if (folder / "__init__.py").is_file()), None)
     if folder is None:
         return
