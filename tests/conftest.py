@@ -37,6 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HF_HOME"] = str(_HF_HOME)
     os.environ["HF_HUB_CACHE"] = str(_HF_HOME / "hub")
     os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["XDG_CACHE_HOME"] = str(_HF_HOME / "xdg")  # the worker's own files (transformers' index)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     # Exact parity with sentence-transformers is checked at float32 (DTYPES=auto would pick
     # bfloat16 on CPUs with native bf16); tests of `auto` set it themselves.

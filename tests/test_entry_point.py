@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import EMBEDDER_ID, ROOT
+from embedding_worker.settings import WorkerSettings
 
 TIMEOUT = 180  # generous: a hang is what these tests catch
 
@@ -127,3 +128,33 @@ def test_a_corrupt_model_exits_1_within_seconds_naming_it(tmp_path: Path, embedd
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: could not load model '{broken}': ")
     assert elapsed < 60
+
+
+ENGINE_ENVIRONMENT = """
+import sys
+sys.path.insert(0, "src")
+from embedding_worker.engine import cpu_quota
+cpu_quota.cpu_quota = lambda *args: 1.0  # a container allowed one CPU
+from embedding_worker.serving.worker import start_worker
+worker = start_worker()
+assert worker is not None
+import inspect, torch
+from infinity_emb.inference.batch_handler import BatchHandler
+limit = inspect.signature(BatchHandler.__init__).parameters["max_queue_wait"].default
+print(torch.get_num_threads(), limit)
+worker.registry.stop_outside_loop()
+"""
+
+
+def test_the_engine_environment_is_set_before_infinity_and_torch_are_imported(embedder_path):
+    """The thread pools follow the CPU quota and Infinity's queue the worker's default
+    INFINITY_QUEUE_SIZE: both are read when torch and Infinity are first imported."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return  # one CPU: the quota would change nothing
+    env = {**os.environ, "MODEL_NAMES": str(embedder_path)}
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "INFINITY_QUEUE_SIZE"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", ENGINE_ENVIRONMENT], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["1", str(WorkerSettings.model_fields["infinity_queue_size"].default)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
@@ -135,6 +136,18 @@ def test_a_final_python_release_and_no_compilers():
 
 def test_models_are_baked_before_the_code_is_copied():
     assert DOCKERFILE.index("bake_models.py") < DOCKERFILE.index("COPY src/ src/")
+
+
+def test_the_image_keeps_start_up_work_done_at_build_time(tmp_path):
+    after_code = INSTRUCTIONS[next(i for i, line in enumerate(INSTRUCTIONS) if line.split() == ["COPY", "src/", "src/"]):]
+    (build,) = [line for line in after_code if line.startswith("RUN ")]
+    assert "compileall -q src" in build
+    step = build.split("&&")[-1].split()
+    assert step[0] == "PYTHONPATH=src" and step[1:4] == ["python", "-m", "embedding_worker.engine.transformers_index"]
+    done = subprocess.run([sys.executable, *step[2:]], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": "src", "XDG_CACHE_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list((tmp_path / "embedding-worker").glob("transformers-*.json"))
 
 
 def test_hadolint_passes():

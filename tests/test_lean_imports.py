@@ -16,6 +16,8 @@ SCRIPT = textwrap.dedent(
     sys.path.insert(0, "src")
     from embedding_worker.engine.lean_imports import import_infinity
     import_infinity("torch")
+    import gc
+    assert gc.isenabled() and gc.get_freeze_count() > 100_000  # what the import made is frozen
     import numpy as np
     from sentence_transformers import CrossEncoder, SentenceTransformer
     skipped = [name for name in ("sklearn", "scipy", "onnxruntime", "ctranslate2") if name in sys.modules]

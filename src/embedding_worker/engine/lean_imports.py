@@ -1,4 +1,5 @@
-"""Import Infinity with only what serving needs, for a shorter cold start.
+"""Import Infinity with only what serving needs, and as fast as it goes, for a shorter cold
+start.
 
 Two things are skipped while Infinity is first imported:
 
@@ -12,10 +13,20 @@ Two things are skipped while Infinity is first imported:
 
 Skipped packages are hidden (`sys.modules[name] = None`, Python's own way to make an import
 fail), so their users record them as not installed; they are visible again afterwards.
+
+Two things are done once instead of at each start:
+
+- transformers' index of its model classes comes from a file (`transformers_index`, 0.5 s).
+- The garbage collector is off during the import. The import makes about 600,000 objects
+  that live as long as the process, and collecting while they are made traverses them some
+  900 times (0.65 s here). They are then frozen (`gc.freeze`), so that later collections, in
+  loading and serving, skip them too. The import leaves little garbage (about 12,000
+  objects, no tensors), which freezing keeps.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import sys
@@ -23,6 +34,8 @@ import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from embedding_worker.engine.transformers_index import cached_index
 
 UNUSED_BY_BACKEND = {
     "torch": ("optimum", "onnxruntime", "ctranslate2"),
@@ -38,8 +51,22 @@ def import_infinity(backend: str) -> None:
     load another backend in this process."""
     if "infinity_emb" in sys.modules or backend not in UNUSED_BY_BACKEND:
         return
-    with skipping_unused(backend):
+    with importing_for(backend):
         import infinity_emb  # noqa: F401
+
+
+@contextmanager
+def importing_for(backend: str) -> Iterator[None]:
+    """While inside: every cut above; on leaving, what was imported is frozen."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with skipping_unused(backend), cached_index():
+            yield
+    finally:
+        gc.freeze()
+        if collecting:
+            gc.enable()
 
 
 @contextmanager

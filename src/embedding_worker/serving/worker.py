@@ -38,10 +38,12 @@ def configure_logging() -> None:
     logger.propagate = False
 
 
-def build_worker() -> Worker:
-    """Read settings and load every model; raise `WorkerError` (one line) on failure."""
-    settings = load_settings()
-    settings.export_engine_environment()  # before Infinity is first imported
+def build_worker(settings: WorkerSettings | None = None) -> Worker:
+    """Load every model of `settings` (read from the environment if not given); raise
+    `WorkerError` (one line) on failure."""
+    if settings is None:
+        settings = load_settings()
+        settings.export_engine_environment()
     hardware = detect_hardware(settings.device, os.environ)  # before any model: fail in seconds
     locations = ModelLocations.of(settings.baked_hf_cache, settings.runpod_volume_dir)
     registry = EngineRegistry.load(
@@ -62,9 +64,12 @@ def start_worker() -> Worker | None:
     """For the entry points: log setup, then `build_worker`; on failure, print one line."""
     configure_logging()
     try:
-        # An entry point's process serves one backend: Infinity need not import the others.
-        import_infinity(os.environ.get("BACKEND", "torch").strip().lower())
-        return build_worker()
+        settings = load_settings()
+        # What Infinity and the math libraries read when imported (queue size, thread pools)...
+        settings.export_engine_environment()
+        # ...then Infinity, without the backends this process does not serve.
+        import_infinity(settings.backend.value)
+        return build_worker(settings)
     except WorkerError as err:
         print(f"error: {err}", file=sys.stderr)
         return None
