@@ -31,6 +31,7 @@ from embedding_worker.errors import (
     ModelNotFound,
     Overloaded,
 )
+from embedding_worker.engine.batching import use_full_batches
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hardware import Hardware
 from embedding_worker.engine.loading import load_model
@@ -112,6 +113,7 @@ class EngineRegistry:
                 await self._array.astart()
                 loop = asyncio.get_running_loop()
                 for model in self._models.values():
+                    use_full_batches(model.engine)
                     model.health.attach(model.engine, loop)
                 self._started = True
 
