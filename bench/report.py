@@ -75,6 +75,18 @@ def markdown(results: dict) -> str:
     if "same_dtype" in results:
         lines += ["", f"## Throughput at the same dtype ({results['same_dtype_dtype']})", ""]
         lines += _rows(results["same_dtype"]["vs infinity"], "infinity server")
+    if "batching" in results:
+        lines += ["", "## Batching", "",
+                  f"The in-process engine at `DTYPES=auto` ({results['batching_dtype']}) with Infinity's own queue "
+                  "against this worker's (`engine/batching.py`: the next batch formed when the forward pass takes "
+                  "the previous one, full batches while there are any), one engine, the queue swapped between runs.",
+                  "", "| queue | shape | sentences/s | vs Infinity's queue (rounds) | p95 vs Infinity's queue | "
+                  "p95 ms | mean batch (of 32) |", "|---|---|---|---|---|---|---|"]
+        for queue, shapes in results["batching"].items():
+            for shape, row in shapes.items():
+                spread = ", ".join(f"{r:.2f}" for r in row["ratio_by_round"])
+                lines.append(f"| {queue} | {shape} | {row['sentences_per_s']} | **{row['ratio']:.2f}** ({spread}) | "
+                             f"{row['p95_ratio']:.2f} | {row['p95_ms']} | {row['mean_batch']} |")
     if "cold_start" in results:
         cold = results["cold_start"]
         timeline = cold["test_input"]

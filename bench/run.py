@@ -5,7 +5,7 @@
     python bench/run.py --steps soak,load    # re-run some steps, merged into the existing report
 
 Writes docs/benchmarks.json, docs/benchmarks.png and docs/BENCHMARKS.md. One module per
-measurement: `throughput` (with `servers` and `peers`), `cold_start`, `quality`, `load`,
+measurement: `throughput` (with `servers` and `peers`), `batching`, `cold_start`, `quality`, `load`,
 `serving_profile`, `compute`, `images`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
 loaded offline from `.cache/huggingface` (`make bundled-model` puts it there).
 """
@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import batching  # noqa: E402
 import cold_start  # noqa: E402
 import compute  # noqa: E402
 import images  # noqa: E402
@@ -34,8 +35,8 @@ import report  # noqa: E402
 import throughput  # noqa: E402
 from common import ENV, HF_HOME, ROOT  # noqa: E402
 
-STEPS = ["hardware", "defaults", "same dtype", "sweep", "cold start", "imports", "quality", "profile",
-         "payloads", "load", "soak", "flops", "backends", "images"]
+STEPS = ["hardware", "defaults", "same dtype", "sweep", "batching", "cold start", "imports", "quality",
+         "profile", "payloads", "load", "soak", "flops", "backends", "images"]
 
 
 def auto_dtype() -> str:
@@ -72,6 +73,7 @@ def run_step(step: str, scale: float, quick: bool) -> dict:
         "defaults": lambda: defaults(scale, rounds),
         "same dtype": lambda: same_dtype(scale, rounds),
         "sweep": lambda: sweep(scale),
+        "batching": lambda: {"batching_dtype": auto_dtype(), "batching": batching.compare(scale, rounds, "auto")},
         "cold start": lambda: {"cold_start": cold_start.cold_start(1 if quick else 3)},
         "imports": lambda: {"imports": cold_start.import_costs()},
         "quality": lambda: {"quality": quality.dtypes(scale)},
