@@ -3,6 +3,7 @@
     python bench/run.py                      # everything (about 25 minutes on 2 CPU cores)
     python bench/run.py --quick              # fewer requests and rounds, for a smoke run
     python bench/run.py --steps soak,load    # re-run some steps, merged into the existing report
+    python bench/run.py --steps defaults --rounds 5   # more interleaved rounds where the machine is noisy
 
 Writes docs/benchmarks.json, docs/benchmarks.png and docs/BENCHMARKS.md. One module per
 measurement: `throughput` (with `servers` and `peers`), `batching`, `cold_start`, `quality`, `load`,
@@ -65,9 +66,9 @@ def sweep(scale: float) -> dict:
     return {"sweep_dtype": auto_dtype(), "sweep": throughput.sweep(names, scale, "auto")}
 
 
-def run_step(step: str, scale: float, quick: bool) -> dict:
+def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
     """The results of one step, as keys of the report."""
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else rounds
     steps = {
         "hardware": lambda: {"hardware": compute.hardware()},
         "defaults": lambda: defaults(scale, rounds),
@@ -93,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the requests, one round")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput steps")
     parser.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)}, merged into the "
                         "existing report (default: all)")
     args = parser.parse_args()
@@ -106,7 +108,7 @@ def main() -> None:
     with tqdm(steps, desc="benchmarks", unit="step") as progress:
         for step in progress:
             progress.set_postfix_str(step)
-            results.update(run_step(step, 0.25 if args.quick else 1.0, args.quick))
+            results.update(run_step(step, 0.25 if args.quick else 1.0, args.quick, args.rounds))
             args.out.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2) + "\n")  # each step kept, whatever comes next
     report.plot(results, args.out / "benchmarks.png")
