@@ -30,15 +30,17 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _rows(table: dict, reference: str) -> list[str]:
-    lines = [f"| target | shape | sentences/s | vs {reference} (rounds) | p95 vs {reference} | p50 ms | p95 ms | "
-             "server CPU |", "|---|---|---|---|---|---|---|---|"]
+def _rows(table: dict, reference: str, first: str = "target", last: tuple[str, str] = ("server CPU",
+                                                                                      "server_cpu_share")) -> list[str]:
+    """A throughput table: one row per target and shape; `last` is (heading, key) of the last column."""
+    lines = [f"| {first} | shape | sentences/s | vs {reference} (rounds) | p95 vs {reference} | p50 ms | p95 ms | "
+             f"{last[0]} |", "|---|---|---|---|---|---|---|---|"]
     for target, shapes in table.items():
         for shape, row in shapes.items():
             spread = ", ".join(f"{r:.2f}" for r in row["ratio_by_round"])
             lines.append(f"| {target} | {shape} | {row['sentences_per_s']} | **{row['ratio']:.2f}** ({spread}) | "
                          f"{row['p95_ratio']:.2f} | {row['p50_ms']} | {row['p95_ms']} | "
-                         f"{row.get('server_cpu_share') or '-'} |")
+                         f"{row.get(last[1]) or '-'} |")
     return lines
 
 
@@ -80,13 +82,8 @@ def markdown(results: dict) -> str:
                   f"The in-process engine at `DTYPES=auto` ({results['batching_dtype']}) with Infinity's own queue "
                   "against this worker's (`engine/batching.py`: the next batch formed when the forward pass takes "
                   "the previous one, full batches while there are any), one engine, the queue swapped between runs.",
-                  "", "| queue | shape | sentences/s | vs Infinity's queue (rounds) | p95 vs Infinity's queue | "
-                  "p95 ms | mean batch (of 32) |", "|---|---|---|---|---|---|---|"]
-        for queue, shapes in results["batching"].items():
-            for shape, row in shapes.items():
-                spread = ", ".join(f"{r:.2f}" for r in row["ratio_by_round"])
-                lines.append(f"| {queue} | {shape} | {row['sentences_per_s']} | **{row['ratio']:.2f}** ({spread}) | "
-                             f"{row['p95_ratio']:.2f} | {row['p95_ms']} | {row['mean_batch']} |")
+                  ""]
+        lines += _rows(results["batching"], "Infinity's queue", first="queue", last=("mean batch (of 32)", "mean_batch"))
     if "cold_start" in results:
         cold = results["cold_start"]
         timeline = cold["test_input"]

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
+
 class FullBatchQueue:
     """Infinity's queue of items waiting for a batch (what its batch handler uses of it:
     `extend`, `len`, `pop_optimal_batches`), with the batching policy above. Items are

@@ -33,8 +33,8 @@ INDEXED_MODULE = "transformers.utils.import_utils"
 Structure = dict[frozenset[str], dict[str, set[str]]]
 
 
-def cache_dir(environ=os.environ) -> Path:
-    root = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "embedding-worker"
 
 

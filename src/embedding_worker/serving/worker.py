@@ -61,7 +61,8 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
 
 
 def start_worker() -> Worker | None:
-    """For the entry points: log setup, then `build_worker`; on failure, print one line."""
+    """For the entry points: log setup, settings and the engine's environment, Infinity's
+    import, then `build_worker`; on failure, print one line."""
     configure_logging()
     try:
         settings = load_settings()
