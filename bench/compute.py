@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import platform
+import statistics
 import time
 
 import numpy as np
@@ -50,46 +51,62 @@ def payloads() -> dict:
     return results
 
 
-def flops(auto_dtype: str) -> dict:
+def flops(auto_dtype: str, rounds: int = 8) -> dict:
     """At float32 and at `auto_dtype`: GEMM FLOP/s at the model's shapes, the FLOP/s the model
-    achieves at batch 32, and where a forward pass's time goes (torch profiler, by operator
-    kind). The ceiling that no serving path can pass is the model's compute at that dtype."""
+    achieves at batch 32 with torch's linear layers and with the worker's packed ones
+    (`engine/cpu_kernels.py`, timed in interleaved rounds), and where a forward pass's time goes
+    (torch profiler, by operator kind). No serving path can pass the model's compute."""
     import torch
     from huggingface_hub import snapshot_download
     from sentence_transformers import SentenceTransformer
 
+    from embedding_worker.engine.cpu_kernels import pack_linear_layers
+
     path = snapshot_download(MODEL, local_files_only=True)
     texts = corpus(32)
-    results = {"threads": torch.get_num_threads(), "dtypes": {}}
+    results = {"threads": torch.get_num_threads(), "rounds": rounds, "dtypes": {}}
     for name in dict.fromkeys(["float32", auto_dtype]):
         dtype = getattr(torch, name)
-        model = SentenceTransformer(path, device="cpu").to(dtype)
-        config = model[0].auto_model.config
+        variants = {"torch's layers": SentenceTransformer(path, device="cpu").to(dtype),
+                    "packed (the worker)": SentenceTransformer(path, device="cpu").to(dtype)}
+        pack_linear_layers(variants["packed (the worker)"])
+        config = variants["torch's layers"][0].auto_model.config
         hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-        features = model.tokenize(texts)
+        features = variants["torch's layers"].tokenize(texts)
         batch, seq = features["input_ids"].shape
         m = batch * seq
         shapes = {"h x h": (m, hidden, hidden), "h x 4h": (m, hidden, inter), "4h x h": (m, inter, hidden)}
         gemm = {label: round(_gemm_flops(*shape, dtype) / 1e9, 1) for label, shape in shapes.items()}
         # per layer: Q, K, V and output projections (4 h^2), FFN (2 h i), attention (2 s h)
         model_flop = layers * (2 * m * (4 * hidden * hidden + 2 * hidden * inter) + 2 * 2 * batch * seq * seq * hidden)
+        times: dict[str, list[float]] = {variant: [] for variant in variants}
         with torch.inference_mode():
-            for _ in range(2):
-                model(dict(features))
-            started, reps = time.perf_counter(), 10
-            for _ in range(reps):
-                model(dict(features))
-            per_batch = (time.perf_counter() - started) / reps
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-                for _ in range(3):
+            for model in variants.values():
+                for _ in range(2):
                     model(dict(features))
-        achieved = model_flop / per_batch / 1e9
-        results["dtypes"][name] = {
-            "batch": batch, "padded_tokens_per_sentence": seq,
-            "real_token_share": round(float(features["attention_mask"].float().mean()), 3), "gemm_gflops": gemm,
-            "model_gflop_per_batch": round(model_flop / 1e9, 2), "model_gflops": round(achieved, 1),
-            "ms_per_batch": round(per_batch * 1000, 1), "model_over_gemm": round(achieved / max(gemm.values()), 3),
-            "time_by_operator": _operator_shares(profiler)}
+            for _ in range(rounds):
+                for variant, model in variants.items():
+                    started = time.perf_counter()
+                    for _ in range(3):
+                        model(dict(features))
+                    times[variant].append((time.perf_counter() - started) / 3)
+            shares = {}
+            for variant, model in variants.items():
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+                    for _ in range(3):
+                        model(dict(features))
+                shares[variant] = _operator_shares(profiler)
+        for variant, per_batch_times in times.items():
+            per_batch = statistics.median(per_batch_times)
+            achieved = model_flop / per_batch / 1e9
+            speedups = [before / after for before, after in zip(times["torch's layers"], per_batch_times)]
+            results["dtypes"][f"{name}, {variant}"] = {
+                "batch": batch, "padded_tokens_per_sentence": seq,
+                "real_token_share": round(float(features["attention_mask"].float().mean()), 3), "gemm_gflops": gemm,
+                "model_gflop_per_batch": round(model_flop / 1e9, 2), "model_gflops": round(achieved, 1),
+                "ms_per_batch": round(per_batch * 1000, 1), "model_over_gemm": round(achieved / max(gemm.values()), 3),
+                "speedup_median": round(statistics.median(speedups), 2),
+                "speedup_rounds": [round(x, 2) for x in speedups], "time_by_operator": shares[variant]}
     return results
 
 
@@ -105,7 +122,7 @@ def _gemm_flops(m: int, k: int, n: int, dtype) -> float:
     return 2 * m * k * n * reps / (time.perf_counter() - started)
 
 
-OPERATOR_KINDS = {"matmul (linear layers)": ("addmm", "mm", "bmm", "matmul"),
+OPERATOR_KINDS = {"matmul (linear layers)": ("addmm", "mm", "bmm", "matmul", "_linear_pointwise"),
                   "attention": ("scaled_dot_product", "softmax", "baddbmm"),
                   "activation and layer norm": ("gelu", "layer_norm", "tanh")}
 

@@ -146,16 +146,20 @@ def markdown(results: dict) -> str:
     if "flops" in results and "dtypes" in results["flops"]:
         f = results["flops"]
         lines += ["", "## Compute: how close to the hardware", "",
-                  f"sentence-transformers' forward pass on a batch of 32 sentences, {f['threads']} threads, against a "
-                  "torch matmul at the model's shapes in the same dtype; time by operator from torch's profiler "
-                  "(self CPU time).", "",
-                  "| dtype | padded tokens (real share) | GFLOP per batch | ms per batch | model GFLOP/s | "
-                  "GEMM GFLOP/s (h x h, h x 4h, 4h x h) | model / best GEMM | time by operator |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"sentence-transformers' forward pass on a batch of 32 sentences, {f['threads']} threads, with "
+                  "torch's linear layers and with the worker's packed ones (`PACK_CPU_WEIGHTS`), timed in "
+                  f"{f.get('rounds', 1)} interleaved rounds, against a torch matmul at the model's shapes in the same "
+                  "dtype; time by operator from torch's profiler (self CPU time).", "",
+                  "| dtype, layers | padded tokens (real share) | GFLOP per batch | ms per batch | model GFLOP/s | "
+                  "vs torch's layers (rounds) | GEMM GFLOP/s (h x h, h x 4h, 4h x h) | model / best GEMM | "
+                  "time by operator |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, d in f["dtypes"].items():
             shares = ", ".join(f"{kind} {share:.0%}" for kind, share in d["time_by_operator"].items())
+            speedup = (f"**{d['speedup_median']:.2f}** ({', '.join(f'{x:.2f}' for x in d['speedup_rounds'])})"
+                       if "speedup_rounds" in d else "-")
             lines.append(f"| {name} | {d['padded_tokens_per_sentence']} ({d['real_token_share']:.0%}) | "
-                         f"{d['model_gflop_per_batch']} | {d['ms_per_batch']} | **{d['model_gflops']}** | "
+                         f"{d['model_gflop_per_batch']} | {d['ms_per_batch']} | **{d['model_gflops']}** | {speedup} | "
                          f"{', '.join(str(v) for v in d['gemm_gflops'].values())} | {d['model_over_gemm']:.2f} | "
                          f"{shares} |")
     if "backends" in results:

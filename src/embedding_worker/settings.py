@@ -82,6 +82,7 @@ class WorkerSettings(BaseSettings):
     allow_private_urls: bool = False  # fetch image URLs on loopback and private networks too
     onnx_quantized: bool = False
     trust_remote_code: bool = False  # runs code from the model repository: opt in per deployment
+    pack_cpu_weights: bool = True  # oneDNN linear layers with packed weights on a CPU
     baked_hf_cache: str = "/opt/models/hub"
     runpod_volume_dir: str = "/runpod-volume"
 

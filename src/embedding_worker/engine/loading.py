@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from embedding_worker.engine.deployed import DeployedModel
@@ -23,13 +24,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def load_model(
-    spec: ModelSpec,
-    locations: ModelLocations,
-    hardware: Hardware,
-    onnx_quantized: bool,
-    trust_remote_code: bool,
-) -> DeployedModel:
+@dataclass(frozen=True)
+class LoadOptions:
+    """Settings that apply to every model's loading."""
+
+    onnx_quantized: bool = False
+    trust_remote_code: bool = False
+    pack_cpu_weights: bool = True  # engine/cpu_kernels.py
+
+
+def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, options: LoadOptions) -> DeployedModel:
     from infinity_emb import AsyncEmbeddingEngine, EngineArgs
 
     started = time.perf_counter()
@@ -40,13 +44,13 @@ def load_model(
     try:
         if onnx:
             fix_infinity_onnx_lookup()
-            path = ensure_onnx(path, locations.download_cache.parent, quantized=onnx_quantized)
+            path = ensure_onnx(path, locations.download_cache.parent, quantized=options.onnx_quantized)
         engine = AsyncEmbeddingEngine.from_args(
             EngineArgs(
                 model_name_or_path=str(path),
                 pooling_method=pooling_method(path),  # read by the ONNX backend only
-                onnx_do_not_prefer_quantized=not onnx_quantized,
-                trust_remote_code=trust_remote_code,
+                onnx_do_not_prefer_quantized=not options.onnx_quantized,
+                trust_remote_code=options.trust_remote_code,
                 served_model_name=spec.name,
                 batch_size=spec.batch_size,
                 engine=spec.backend.value,
@@ -60,7 +64,7 @@ def load_model(
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"could not load model {spec.source!r}: {reason}") from exc
     if onnx:
-        dtype = "int8" if onnx_quantized else "float32"
+        dtype = "int8" if options.onnx_quantized else "float32"
     replicas = getattr(engine, "_model_replicas", [])
     for replica in replicas:
         if dropped := fit_tokenizer_inputs(replica):
@@ -68,6 +72,10 @@ def load_model(
                      spec.name, ", ".join(dropped))
         if positions := fit_text_length(replica):
             log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
+        if options.pack_cpu_weights and spec.backend is Backend.torch and hardware.device == "cpu":
+            from embedding_worker.engine.cpu_kernels import pack_linear_layers
+
+            log.info("model %r: %d linear layers packed for oneDNN", spec.name, pack_linear_layers(replica))
     config = model_config(found.path)
     architecture = (config.get("architectures") or [config.get("model_type", "unknown")])[0]
     tested = sum(self_test(spec.name, replica, set(engine.capabilities), architecture) for replica in replicas)

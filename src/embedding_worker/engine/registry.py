@@ -34,7 +34,7 @@ from embedding_worker.errors import (
 from embedding_worker.engine.batching import use_full_batches
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hardware import Hardware
-from embedding_worker.engine.loading import load_model
+from embedding_worker.engine.loading import LoadOptions, load_model
 from embedding_worker.engine.model_sources import ModelLocations
 from embedding_worker.settings import ModelSpec
 
@@ -65,11 +65,10 @@ class EngineRegistry:
         hardware: Hardware,
         timeout: float,
         queue_size: int,
-        onnx_quantized: bool = False,
-        trust_remote_code: bool = False,
+        options: LoadOptions = LoadOptions(),
     ) -> EngineRegistry:
         """Find and load every model; raise `ModelLoadError` naming the first that fails."""
-        models = [load_model(spec, locations, hardware, onnx_quantized, trust_remote_code) for spec in specs]
+        models = [load_model(spec, locations, hardware, options) for spec in specs]
         return cls(models, timeout, queue_size)
 
     @property

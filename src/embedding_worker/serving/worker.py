@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from embedding_worker.engine.registry import EngineRegistry
+from embedding_worker.engine.loading import LoadOptions
 from embedding_worker.errors import WorkerError
 from embedding_worker.engine.hardware import detect_hardware
 from embedding_worker.engine.lean_imports import import_infinity
@@ -52,8 +53,7 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
         hardware=hardware,
         timeout=settings.request_timeout,
         queue_size=settings.infinity_queue_size,
-        onnx_quantized=settings.onnx_quantized,
-        trust_remote_code=settings.trust_remote_code,
+        options=LoadOptions(settings.onnx_quantized, settings.trust_remote_code, settings.pack_cpu_weights),
     )
     handler = JobHandler(EmbeddingService(registry, settings.image_limits), settings.runpod_max_concurrency,
                          settings.limits)
