@@ -104,6 +104,8 @@ def main() -> None:
     steps = args.steps.split(",") if args.steps else STEPS
     path = args.out / "benchmarks.json"
     results: dict = json.loads(path.read_text()) if args.steps and path.exists() else {}
+    if "hardware" not in results and "hardware" not in steps:
+        steps.insert(0, "hardware")  # the report names the machine
     results["date"] = time.strftime("%Y-%m-%d")
     with tqdm(steps, desc="benchmarks", unit="step") as progress:
         for step in progress:

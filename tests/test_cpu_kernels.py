@@ -10,7 +10,7 @@ from sentence_transformers import SentenceTransformer
 
 from conftest import CLASSIFIER_NAME, EMBEDDER_ID, RERANKER_ID, start_worker
 from embedding_worker.engine import hardware
-from embedding_worker.engine.cpu_kernels import PackedLinear, can_pack, pack_linear_layers
+from embedding_worker.engine.cpu_kernels import PackedLinear, can_pack, pack_linear_layers, torch_modules
 
 pytestmark = pytest.mark.skipif(not can_pack(), reason="this torch build has no oneDNN linear kernels")
 
@@ -19,10 +19,8 @@ TEXTS = [f"sentence number {i} about {topic}, somewhat longer than a query" for 
 
 
 def modules_of(running, name: str) -> list[torch.nn.Module]:
-    from embedding_worker.engine.cpu_kernels import _torch_modules
-
     (replica,) = running.registry.resolve(name).engine._model_replicas
-    return [module for root in _torch_modules(replica) for module in root.modules()]
+    return [module for root in torch_modules(replica) for module in root.modules()]
 
 
 def cosines(vectors: torch.Tensor, expected: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ class PackedLinear(torch.nn.Module):
         self.algorithm = "none" if activation == "gelu" else ""  # erf GELU; no variant otherwise
         with torch.no_grad():
             self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-            self.packed_bias = None if linear.bias is None else linear.bias.detach().clone()
+            self.packed_bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(
@@ -61,7 +61,7 @@ def pack_linear_layers(model: Any) -> int:
     if not can_pack():
         return 0
     packed = 0
-    for root in _torch_modules(model):
+    for root in torch_modules(model):
         for parent in list(root.modules()):
             for name, child in list(parent.named_children()):
                 if _packable(child):
@@ -74,7 +74,7 @@ def pack_linear_layers(model: Any) -> int:
     return packed
 
 
-def _torch_modules(model: Any) -> Iterator[torch.nn.Module]:
+def torch_modules(model: Any) -> Iterator[torch.nn.Module]:
     """`model` itself when it is an nn.Module, else the nn.Modules it holds: Infinity keeps a
     reranker's and an image model's as `model`, a classifier's pipeline as `_pipe`."""
     if isinstance(model, torch.nn.Module):
