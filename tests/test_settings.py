@@ -12,7 +12,7 @@ VARIABLES = ["MODEL_NAMES", "SERVED_MODEL_NAMES", "BATCH_SIZES", "DTYPES", "BACK
              "MAX_EMBED_INPUTS", "MAX_RERANK_DOCS", "MAX_INPUT_CHARS", "MODEL_REVISIONS",
              "BAKED_HF_CACHE", "RUNPOD_VOLUME_DIR", "ONNX_QUANTIZED", "TRUST_REMOTE_CODE", "DEVICE",
              "MODEL_PROMPTS", "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
-             "IMAGE_FETCH_TIMEOUT", "ALLOW_PRIVATE_URLS"]
+             "IMAGE_FETCH_TIMEOUT", "ALLOW_PRIVATE_URLS", "PACK_CPU_WEIGHTS"]
 
 
 @pytest.fixture
@@ -59,6 +59,12 @@ def test_trust_remote_code_and_onnx_int8_are_opt_in(env):
     assert settings.trust_remote_code is False and settings.onnx_quantized is False
     settings = settings_from(env, TRUST_REMOTE_CODE="true", ONNX_QUANTIZED="1")
     assert settings.trust_remote_code is True and settings.onnx_quantized is True
+
+
+def test_packed_cpu_weights_are_on_unless_turned_off(env):
+    assert settings_from(env, MODEL_NAMES="a/b").pack_cpu_weights is True
+    assert settings_from(env, PACK_CPU_WEIGHTS="false").pack_cpu_weights is False
+    assert settings_from(env, PACK_CPU_WEIGHTS="0").pack_cpu_weights is False
 
 
 def test_model_revisions_align_with_models(env):
@@ -125,6 +131,8 @@ CASES = {
     "duplicate models": ({"MODEL_NAMES": "a/b;a/b"}, "served model names must be unique; repeated: a/b"),
     "limit not positive": ({"MAX_EMBED_INPUTS": "0"}, "MAX_EMBED_INPUTS: 0 is not positive"),
     "limit not a number": ({"MAX_INPUT_CHARS": "many"}, "MAX_INPUT_CHARS: 'many': Input should be a valid integer"),
+    "PACK_CPU_WEIGHTS not a boolean": ({"PACK_CPU_WEIGHTS": "maybe"},
+                                       "PACK_CPU_WEIGHTS: Input should be a valid boolean"),
     "concurrency negative": ({"RUNPOD_MAX_CONCURRENCY": "-1"}, "RUNPOD_MAX_CONCURRENCY: -1 is not positive"),
 }
 

@@ -36,9 +36,8 @@ class PackedLinear(torch.nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.activation = activation
         self.algorithm = "none" if activation == "gelu" else ""  # erf GELU; no variant otherwise
-        with torch.no_grad():
-            self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-            self.packed_bias = None if linear.bias is None else linear.bias.detach()
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.packed_bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(
