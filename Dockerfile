@@ -58,7 +58,8 @@ ARG BACKEND=torch
 ARG ONNX_QUANTIZED=false
 COPY builder/bake_models.py builder/
 COPY src/embedding_worker/__init__.py src/embedding_worker/errors.py src/embedding_worker/
-COPY src/embedding_worker/engine/__init__.py src/embedding_worker/engine/model_sources.py src/embedding_worker/engine/onnx_support.py src/embedding_worker/engine/
+COPY src/embedding_worker/engine/__init__.py src/embedding_worker/engine/onnx_support.py src/embedding_worker/engine/
+COPY src/embedding_worker/engine/model_sources/ src/embedding_worker/engine/model_sources/
 RUN --mount=type=secret,id=hf_token python builder/bake_models.py
 ENV MODEL_NAMES=${MODEL_NAMES} \
     MODEL_REVISIONS=${MODEL_REVISIONS} \

@@ -10,7 +10,7 @@ import time
 import httpx
 import numpy as np
 
-from common import MODEL, corpus
+from common import MODEL, WORDS, corpus
 from quality import embed_once
 from servers import Targets
 
@@ -54,67 +54,97 @@ def burst(requests: int = 300) -> dict:
 
 
 SOAK_RESULT_TTL = 10  # seconds results are kept during the soak (defaults: /run 1800, /runsync 60)
+SOAK_SAMPLE_EVERY = 10  # seconds between RSS samples
+# The worker as shipped, and the same worker with oneDNN's primitive cache at its own default
+# (1024 kernels, one per input shape met): both get the very same requests, side by side.
+SOAK_VARIANTS = {"as shipped": {}, "oneDNN cache 1024": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024"}}
 
 
-def soak(seconds: float = 180, concurrency: int = 8) -> dict:
-    """Mixed load for `seconds`: small and large embeddings through /runsync, /run then
-    /status, the OpenAI route, bad inputs; RSS sampled every 5 s. Finished results are kept
-    SOAK_RESULT_TTL seconds, so what is kept settles within seconds and the trend shows
-    leaks rather than retention (retention has its own bound, LOCAL_MAX_RESULT_BYTES)."""
+def mixed_texts(count: int, seed: int = 1) -> list[str]:
+    """Texts of 3 to 300 words: every request meets new padded lengths (new kernel shapes)."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(3, 300))).capitalize() + "." for _ in range(count)]
+
+
+def soak(seconds: float = 1800, concurrency: int = 8, variants: dict[str, dict[str, str]] | None = None) -> dict:
+    """Mixed load for `seconds`, the same requests to each variant of the local endpoint in turn:
+    1 to 512 texts of 3 to 300 words through /runsync, /run then /status, the OpenAI route with
+    base64, bad inputs; each server's RSS sampled every SOAK_SAMPLE_EVERY seconds. Finished
+    results are kept SOAK_RESULT_TTL seconds, so what is kept settles within seconds and the
+    curve shows the process's own growth rather than retention (retention has its own bound,
+    LOCAL_MAX_RESULT_BYTES)."""
+    variants = variants or SOAK_VARIANTS
     ttl = str(SOAK_RESULT_TTL)
-    targets = Targets(["local endpoint"], "auto", env={"LOCAL_RESULT_TTL": ttl, "LOCAL_RUNSYNC_TTL": ttl})
-    targets.start_processes()
-    server = targets.process("local endpoint")
-    base = targets.urls["local endpoint"]
-    texts = corpus(2048)
-    samples: list[tuple[float, float]] = []
-    counts = {"completed": 0, "failed": 0, "refused": 0}
+    fleet = {name: Targets(["local endpoint"], "auto", env={"LOCAL_RESULT_TTL": ttl, "LOCAL_RUNSYNC_TTL": ttl, **env})
+             for name, env in variants.items()}
+    for targets in fleet.values():
+        targets.start_processes()
+    servers = {name: t.process("local endpoint") for name, t in fleet.items()}
+    bases = {name: t.urls["local endpoint"] for name, t in fleet.items()}
+    texts = mixed_texts(4096)
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in fleet}
+    counts = {name: {"completed": 0, "failed": 0, "refused": 0} for name in fleet}
 
-    async def one(client: httpx.AsyncClient, rng: random.Random) -> None:
-        kind = rng.random()
-        if kind < 0.5:
-            reply = await client.post(f"{base}/runsync", json={"input": {"model": MODEL, "input": rng.sample(texts, 8)}})
-        elif kind < 0.6:
-            reply = await client.post(f"{base}/runsync", json={"input": {"model": MODEL, "input": rng.sample(texts, 512)}})
-        elif kind < 0.8:
-            job = (await client.post(f"{base}/run", json={"input": {"model": MODEL, "input": rng.sample(texts, 16)}})).json()
+    async def one(client: httpx.AsyncClient, base: str, kind: float, batch: list[str], tally: dict) -> None:
+        if kind < 0.45:
+            reply = await client.post(f"{base}/runsync", json={"input": {"model": MODEL, "input": batch}})
+        elif kind < 0.65:
+            job = (await client.post(f"{base}/run", json={"input": {"model": MODEL, "input": batch}})).json()
             while (reply := await client.get(f"{base}/status/{job['id']}")).json()["status"] in ("IN_QUEUE", "IN_PROGRESS"):
                 await asyncio.sleep(0.1)
         elif kind < 0.95:
-            reply = await client.post(f"{base}/openai/v1/embeddings", json={"model": MODEL, "input": rng.sample(texts, 4),
+            reply = await client.post(f"{base}/openai/v1/embeddings", json={"model": MODEL, "input": batch,
                                                                             "encoding_format": "base64"})
         else:
             reply = await client.post(f"{base}/runsync", json={"input": {"model": MODEL, "input": [1, 2, 3]}})
         status = reply.json().get("status") if reply.status_code == 200 else None
-        counts["completed" if status == "COMPLETED" or (status is None and reply.status_code == 200)
-               else "failed" if status == "FAILED" else "refused"] += 1
+        tally["completed" if status == "COMPLETED" or (status is None and reply.status_code == 200)
+              else "failed" if status == "FAILED" else "refused"] += 1
 
     async def run_all() -> None:
         deadline = time.perf_counter() + seconds
         started = time.perf_counter()
 
+        def sample() -> None:
+            for name, server in servers.items():
+                samples[name].append((time.perf_counter() - started, server.memory_info().rss / 2**20))
+
         async def sampler() -> None:
             while time.perf_counter() < deadline:
-                samples.append((time.perf_counter() - started, server.memory_info().rss / 2**20))
-                await asyncio.sleep(5)
+                sample()
+                await asyncio.sleep(SOAK_SAMPLE_EVERY)
 
         async def client_loop(seed: int) -> None:
             rng = random.Random(seed)
             async with httpx.AsyncClient(timeout=600) as client:
                 while time.perf_counter() < deadline:
-                    await one(client, rng)
+                    kind, size = rng.random(), rng.choice([1, 1, 2, 8, 8, 16, 32, 64, 512])
+                    batch = rng.sample(texts, size)
+                    for name in fleet:  # the same request to each variant in turn
+                        await one(client, bases[name], kind, batch, counts[name])
 
         await asyncio.gather(sampler(), *(client_loop(i) for i in range(concurrency)))
-        samples.append((time.perf_counter() - started, server.memory_info().rss / 2**20))
+        sample()
 
     try:
         asyncio.run(run_all())
     finally:
-        asyncio.run(targets.stop())
+        for targets in fleet.values():
+            asyncio.run(targets.stop())
+    return {"seconds": seconds, "concurrency": concurrency, "result_ttl_s": SOAK_RESULT_TTL,
+            "sample_every_s": SOAK_SAMPLE_EVERY, "variants": {name: {"env": variants[name], **counts[name],
+                                                                      **rss_summary(samples[name], seconds)}
+                                                               for name in fleet}}
+
+
+def rss_summary(samples: list[tuple[float, float]], seconds: float) -> dict:
+    """Start, plateau (median of the last third), peak and the trend of the last half."""
+    rss = [s[1] for s in samples]
     half = [s for s in samples if s[0] >= seconds / 2]
     slope = float(np.polyfit([s[0] for s in half], [s[1] for s in half], 1)[0]) * 60 if len(half) > 2 else 0.0
-    return {"seconds": seconds, "concurrency": concurrency, "result_ttl_s": SOAK_RESULT_TTL, **counts,
-            "rss_start_mib": round(samples[0][1]), "rss_end_mib": round(samples[-1][1]),
-            "rss_peak_mib": round(max(s[1] for s in samples)),
-            "rss_trend_second_half_mib_per_min": round(slope, 1),
-            "rss_samples_mib": [round(s[1]) for s in samples]}
+    plateau = float(np.median([s[1] for s in samples if s[0] >= seconds * 2 / 3] or rss[-1:]))
+    return {"rss_start_mib": round(rss[0]), "rss_after_first_minute_mib": round(next(
+                (s[1] for s in samples if s[0] >= 60), rss[-1])),
+            "rss_plateau_mib": round(plateau), "rss_end_mib": round(rss[-1]), "rss_peak_mib": round(max(rss)),
+            "rss_trend_second_half_mib_per_min": round(slope, 2),
+            "rss_samples": [[round(t), round(m)] for t, m in samples]}

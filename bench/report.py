@@ -11,7 +11,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (left, right, memory) = plt.subplots(1, 3, figsize=(19, 4.8))
     for name, points in results.get("sweep", {}).items():
         shapes = list(points)
         left.plot([int(s.split("c")[-1]) for s in shapes], list(points.values()), marker="o", label=name)
@@ -25,6 +25,14 @@ def plot(results: dict, path: Path) -> None:
     right.set_title("Backends, in-process, 8 sentences x c16")
     right.set_ylabel("sentences / s")
     right.tick_params(axis="x", labelrotation=20)
+    for name, variant in results.get("soak", {}).get("variants", {}).items():
+        minutes = [t / 60 for t, _ in variant["rss_samples"]]
+        memory.plot(minutes, [m for _, m in variant["rss_samples"]], label=name)
+    memory.set_xlabel("minutes of mixed load")
+    memory.set_ylabel("server RSS, MiB")
+    memory.set_title("Soak: local endpoint memory, same requests to each")
+    if results.get("soak", {}).get("variants"):
+        memory.legend()
     fig.suptitle(f"all-MiniLM-L6-v2 on {results['hardware']['cpu']} ({results['hardware']['threads_used']} threads)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -132,17 +140,24 @@ def markdown(results: dict) -> str:
                   "{completed} completed, {distinct_job_ids} distinct job ids, every vector its own text's (min cosine "
                   "{min_cosine_to_own_vector}), in {seconds} s; server memory {server_rss_idle_mib} MiB idle, "
                   "{server_rss_peak_mib} MiB at peak.".format(**results["load"])]
-    if "soak" in results:
+    if "soak" in results and "variants" in results["soak"]:
         s = results["soak"]
         lines += ["", "## Soak", "",
-                  f"{s['seconds']:.0f} s of mixed load at concurrency {s['concurrency']} on the local endpoint (8 and "
-                  "512 texts through `/runsync`, `/run` then `/status`, the OpenAI route with base64, bad inputs), "
-                  f"finished results kept {s.get('result_ttl_s', 1800)} s (`LOCAL_RESULT_TTL`, `LOCAL_RUNSYNC_TTL`) "
-                  "so that the trend shows leaks, not retention (which `LOCAL_MAX_RESULT_BYTES` bounds): "
-                  f"{s['completed']} completed, {s['failed']} failed as they should (bad inputs), {s['refused']} "
-                  f"refused. Server RSS {s['rss_start_mib']} MiB at the start, {s['rss_end_mib']} MiB at the end "
-                  f"(peak {s['rss_peak_mib']}); trend over the second half: {s['rss_trend_second_half_mib_per_min']} "
-                  f"MiB/min. Samples every 5 s: {', '.join(map(str, s['rss_samples_mib']))}."]
+                  f"{s['seconds'] / 60:.0f} minutes of mixed load at concurrency {s['concurrency']}, the very same "
+                  "requests sent to each server in turn: 1 to 512 texts of 3 to 300 words (so new padded lengths, "
+                  "and new kernel shapes, keep coming) through `/runsync`, `/run` then `/status`, the OpenAI route "
+                  f"with base64, and bad inputs; finished results kept {s['result_ttl_s']} s (`LOCAL_RESULT_TTL`, "
+                  "`LOCAL_RUNSYNC_TTL`) so the curve shows the process's own growth, not retention (which "
+                  f"`LOCAL_MAX_RESULT_BYTES` bounds). RSS sampled every {s['sample_every_s']} s, plotted in "
+                  "benchmarks.png (right); the plateau is the median of the last third.", "",
+                  "| server | completed | failed (bad inputs) | refused | RSS start | after 1 min | plateau | end | "
+                  "peak | trend, 2nd half |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, v in s["variants"].items():
+            env = ", ".join(f"`{k}={val}`" for k, val in v["env"].items()) or "defaults"
+            lines.append(f"| {name} ({env}) | {v['completed']} | {v['failed']} | {v['refused']} | "
+                         f"{v['rss_start_mib']} MiB | {v['rss_after_first_minute_mib']} MiB | "
+                         f"**{v['rss_plateau_mib']} MiB** | {v['rss_end_mib']} MiB | {v['rss_peak_mib']} MiB | "
+                         f"{v['rss_trend_second_half_mib_per_min']} MiB/min |")
     if "flops" in results and "dtypes" in results["flops"]:
         f = results["flops"]
         lines += ["", "## Compute: how close to the hardware", "",

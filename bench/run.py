@@ -1,6 +1,6 @@
 """Benchmark the worker side by side with its peers, in one run, and write the report.
 
-    python bench/run.py                      # everything (about 25 minutes on 2 CPU cores)
+    python bench/run.py                      # everything (about an hour on 2 CPU cores, 30 minutes of it the soak)
     python bench/run.py --quick              # fewer requests and rounds, for a smoke run
     python bench/run.py --steps soak,load    # re-run some steps, merged into the existing report
     python bench/run.py --steps defaults --rounds 5   # more interleaved rounds where the machine is noisy
@@ -81,7 +81,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "profile": lambda: {"profile": serving_profile.profile()},
         "payloads": lambda: {"payloads": compute.payloads()},
         "load": lambda: {"load": load.burst()},
-        "soak": lambda: {"soak": load.soak(60 if quick else 180)},
+        "soak": lambda: {"soak": load.soak(120 if quick else 1800)},
         "flops": lambda: {"flops": compute.flops(auto_dtype())},
         "backends": lambda: {"backends": quality.backends(scale)},
         "images": lambda: {"images": images.images()},

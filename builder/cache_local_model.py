@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from embedding_worker.engine.model_sources import lay_into_cache  # noqa: E402
+from embedding_worker.engine.model_sources.cache_layout import lay_into_cache  # noqa: E402
 
 
 def cache_local_model(source: Path, repo_id: str, hub_cache: Path) -> Path:

@@ -59,7 +59,7 @@ def test_a_local_folder_is_used_as_it_is(places, embedder_path):
 
 def test_a_revision_that_is_not_cached_is_not_taken_for_another(places, embedder_path):
     cache_local_model(embedder_path, EMBEDDER_ID, places.runpod_cache)
-    with pytest.raises(ModelLoadError, match="not in the image or any cache, and the download failed"):
+    with pytest.raises(ModelLoadError, match="not in the image or any cache, and HF_HUB_OFFLINE=1 forbids downloading it"):
         resolve_model(EMBEDDER_ID, "v9.9", places)
 
 

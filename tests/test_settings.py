@@ -159,6 +159,24 @@ def test_queue_size_is_exported_for_infinity(env):
     assert os.environ["INFINITY_QUEUE_SIZE"] == "48000"
 
 
+def test_cpu_kernel_caches_are_bounded_unless_set(env):
+    import os
+
+    for name in ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY"):
+        env.setenv(name, "1")  # records the original, restored after the test
+        env.delenv(name)
+    env.setenv("LRU_CACHE_CAPACITY", "512")  # a deployment's own choice wins
+    settings_from(env, MODEL_NAMES="a/b").export_engine_environment()
+    assert (os.environ["LRU_CACHE_CAPACITY"], os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]) == ("512", "64")
+
+
+def test_model_download_timeout_must_be_positive(env):
+    assert settings_from(env, MODEL_NAMES="a/b").model_download_timeout == 300
+    assert settings_from(env, MODEL_DOWNLOAD_TIMEOUT="0.5").model_download_timeout == 0.5
+    for bad in ("0", "-1", "soon"):
+        assert "MODEL_DOWNLOAD_TIMEOUT" in failure(env, MODEL_NAMES="a/b", MODEL_DOWNLOAD_TIMEOUT=bad)
+
+
 def test_model_prompts_by_name_or_in_order(env):
     by_name = settings_from(env, MODEL_NAMES="a/b;c/d", MODEL_PROMPTS='{"c/d": {"query": "query: "}}')
     assert [m.prompts for m in by_name.models] == [None, {"query": "query: "}]

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError, field_validator, model_validato
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedding_worker.engine.cpu_quota import available_cpus, limit_threads
+from embedding_worker.engine.kernel_caches import bound_kernel_caches
 from embedding_worker.errors import SettingsError
 from embedding_worker.engine.hardware import Device
 from embedding_worker.images import ImageLimits
@@ -83,6 +84,7 @@ class WorkerSettings(BaseSettings):
     onnx_quantized: bool = False
     trust_remote_code: bool = False  # runs code from the model repository: opt in per deployment
     pack_cpu_weights: bool = True  # oneDNN linear layers with packed weights on a CPU
+    model_download_timeout: float = 300.0  # seconds a model download may go without progress
     baked_hf_cache: str = "/opt/models/hub"
     runpod_volume_dir: str = "/runpod-volume"
 
@@ -129,6 +131,7 @@ class WorkerSettings(BaseSettings):
         "max_image_bytes",
         "max_image_pixels",
         "image_fetch_timeout",
+        "model_download_timeout",
     )
     @classmethod
     def _positive(cls, value: float) -> float:
@@ -214,6 +217,7 @@ class WorkerSettings(BaseSettings):
         """Set the variables Infinity and the math libraries read when first imported."""
         os.environ["INFINITY_QUEUE_SIZE"] = str(self.infinity_queue_size)
         limit_threads(available_cpus())
+        bound_kernel_caches()
 
 
 def _per_model(values: list[str], count: int) -> list[str]:

@@ -13,6 +13,7 @@ from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hardware import Hardware, choose_dtype, model_config
 from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, private_tokenizer, self_test
 from embedding_worker.engine.model_sources import ModelLocations, resolve_model
+from embedding_worker.engine.model_sources.hub import HubAccess
 from embedding_worker.engine.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
 from embedding_worker.errors import ModelLoadError
 from embedding_worker.prompts import read_model_prompts
@@ -31,6 +32,7 @@ class LoadOptions:
     onnx_quantized: bool = False
     trust_remote_code: bool = False
     pack_cpu_weights: bool = True  # engine/cpu_kernels.py
+    download_timeout: float = 300.0  # MODEL_DOWNLOAD_TIMEOUT: how long a download may go without progress
 
 
 def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, options: LoadOptions) -> DeployedModel:
@@ -38,7 +40,8 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
 
     started = time.perf_counter()
     onnx = spec.backend is Backend.optimum
-    found = resolve_model(spec.source, spec.revision, locations, onnx=onnx)
+    found = resolve_model(spec.source, spec.revision, locations, onnx=onnx,
+                          access=HubAccess.from_environment(options.download_timeout))
     path = found.path
     dtype = choose_dtype(spec.dtype, hardware, path, spec.backend.value, spec.name)
     try:

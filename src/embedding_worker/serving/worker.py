@@ -37,6 +37,8 @@ def configure_logging() -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    # httpx logs every request at INFO (model files, image URLs): the worker logs what they mean.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def build_worker(settings: WorkerSettings | None = None) -> Worker:
@@ -53,7 +55,8 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
         hardware=hardware,
         timeout=settings.request_timeout,
         queue_size=settings.infinity_queue_size,
-        options=LoadOptions(settings.onnx_quantized, settings.trust_remote_code, settings.pack_cpu_weights),
+        options=LoadOptions(settings.onnx_quantized, settings.trust_remote_code, settings.pack_cpu_weights,
+                            settings.model_download_timeout),
     )
     handler = JobHandler(EmbeddingService(registry, settings.image_limits), settings.runpod_max_concurrency,
                          settings.limits)
