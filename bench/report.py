@@ -144,18 +144,19 @@ def markdown(results: dict) -> str:
         s = results["soak"]
         lines += ["", "## Soak", "",
                   f"{s['seconds'] / 60:.0f} minutes of mixed load at concurrency {s['concurrency']}, the very same "
-                  "requests sent to each server in turn: 1 to 512 texts of 3 to 300 words (so new padded lengths, "
+                  "requests sent to each server in turn: 1 to 256 texts of 3 to 300 words (so new padded lengths, "
                   "and new kernel shapes, keep coming) through `/runsync`, `/run` then `/status`, the OpenAI route "
                   f"with base64, and bad inputs; finished results kept {s['result_ttl_s']} s (`LOCAL_RESULT_TTL`, "
                   "`LOCAL_RUNSYNC_TTL`) so the curve shows the process's own growth, not retention (which "
                   f"`LOCAL_MAX_RESULT_BYTES` bounds). RSS sampled every {s['sample_every_s']} s, plotted in "
                   "benchmarks.png (right); the plateau is the median of the last third.", "",
-                  "| server | completed | failed (bad inputs) | refused | RSS start | after 1 min | plateau | end | "
-                  "peak | trend, 2nd half |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| server | completed | failed (bad inputs) | refused | time in requests vs the first | RSS start | "
+                  "after 1 min | plateau | end | peak | trend, 2nd half |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        first = next(iter(s["variants"].values()))["seconds_in_requests"]
         for name, v in s["variants"].items():
             env = ", ".join(f"`{k}={val}`" for k, val in v["env"].items()) or "defaults"
             lines.append(f"| {name} ({env}) | {v['completed']} | {v['failed']} | {v['refused']} | "
-                         f"{v['rss_start_mib']} MiB | {v['rss_after_first_minute_mib']} MiB | "
+                         f"{v['seconds_in_requests'] / first:.2f} | {v['rss_start_mib']} MiB | {v['rss_after_first_minute_mib']} MiB | "
                          f"**{v['rss_plateau_mib']} MiB** | {v['rss_end_mib']} MiB | {v['rss_peak_mib']} MiB | "
                          f"{v['rss_trend_second_half_mib_per_min']} MiB/min |")
     if "flops" in results and "dtypes" in results["flops"]:

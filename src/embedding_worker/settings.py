@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError, field_validator, model_validato
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedding_worker.engine.cpu_quota import available_cpus, limit_threads
-from embedding_worker.engine.kernel_caches import bound_kernel_caches
+from embedding_worker.engine.cpu_memory import bound_kernel_caches
 from embedding_worker.errors import SettingsError
 from embedding_worker.engine.hardware import Device
 from embedding_worker.images import ImageLimits
@@ -85,6 +85,7 @@ class WorkerSettings(BaseSettings):
     trust_remote_code: bool = False  # runs code from the model repository: opt in per deployment
     pack_cpu_weights: bool = True  # oneDNN linear layers with packed weights on a CPU
     model_download_timeout: float = 300.0  # seconds a model download may go without progress
+    memory_trim_interval: float = 5.0  # seconds between handing freed memory back; 0: never
     baked_hf_cache: str = "/opt/models/hub"
     runpod_volume_dir: str = "/runpod-volume"
 
@@ -137,6 +138,13 @@ class WorkerSettings(BaseSettings):
     def _positive(cls, value: float) -> float:
         if value <= 0:
             raise ValueError(f"{value!r} is not positive")
+        return value
+
+    @field_validator("memory_trim_interval")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"{value!r} is negative; give seconds, or 0 to never trim")
         return value
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from embedding_worker.engine.cpu_memory import MemoryTrimmer
 from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.engine.loading import LoadOptions
 from embedding_worker.errors import WorkerError
@@ -27,6 +28,7 @@ class Worker:
     settings: WorkerSettings
     registry: EngineRegistry
     handler: JobHandler
+    trimmer: MemoryTrimmer
 
 
 def configure_logging() -> None:
@@ -60,7 +62,8 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
     )
     handler = JobHandler(EmbeddingService(registry, settings.image_limits), settings.runpod_max_concurrency,
                          settings.limits)
-    return Worker(settings, registry, handler)
+    trimmer = MemoryTrimmer(every=settings.memory_trim_interval)
+    return Worker(settings, registry, handler, trimmer.start() if settings.memory_trim_interval else trimmer)
 
 
 def start_worker() -> Worker | None:
