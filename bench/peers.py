@@ -74,13 +74,15 @@ def start_original_worker(env: dict[str, str] | None = None) -> tuple[subprocess
     return process, f"http://127.0.0.1:{port}"
 
 
-def start_infinity_server(dtype: str) -> tuple[subprocess.Popen, str]:
-    """`infinity_emb v2` for the bundled model at `dtype`; returns it and its base URL."""
+def start_infinity_server(dtype: str, models: tuple[str, ...] = (MODEL,)) -> tuple[subprocess.Popen, str]:
+    """`infinity_emb v2` for `models` (the bundled one by default) at `dtype`; returns it and its base URL."""
     python = ensure_infinity_server()
     port = free_port()
+    per_model = [arg for model in models for arg in ("--model-id", model, "--dtype", dtype, "--engine", "torch",
+                                                     "--device", "cpu")]
     process = subprocess.Popen(
-        [str(python), "-m", "infinity_emb.cli", "v2", "--model-id", MODEL, "--port", str(port), "--dtype", dtype,
-         "--engine", "torch", "--device", "cpu", "--no-model-warmup", "--log-level", "warning"],
+        [str(python), "-m", "infinity_emb.cli", "v2", *per_model, "--port", str(port), "--no-model-warmup",
+         "--log-level", "warning"],
         cwd=ROOT, env={**ENV, "INFINITY_ANONYMOUS_USAGE_STATS": "0"}, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     return process, f"http://127.0.0.1:{port}"

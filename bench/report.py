@@ -159,6 +159,35 @@ def markdown(results: dict) -> str:
                          f"{v['seconds_in_requests'] / first:.2f} | {v['rss_start_mib']} MiB | {v['rss_after_first_minute_mib']} MiB | "
                          f"**{v['rss_plateau_mib']} MiB** | {v['rss_end_mib']} MiB | {v['rss_peak_mib']} MiB | "
                          f"{v['rss_trend_second_half_mib_per_min']} MiB/min |")
+    if "workloads" in results:
+        lines += ["", "## Users' workloads", "",
+                  f"Each workload side by side in interleaved rounds, this worker and Infinity's server at "
+                  f"{results.get('workloads_dtype', 'the same dtype')}, RunPod's original worker at its defaults. "
+                  "Ratios of requests/s within each round: the median, then every round's. Padding: the padded "
+                  "positions a padded model computes for batches of the workload's texts (up to 32, sorted by "
+                  "length as Infinity sorts them), over their real tokens; this worker's encoders compute on real "
+                  "tokens only.", "",
+                  "| workload | padding | target | requests/s | tokens/s | p95 ms | vs Infinity's server (rounds) | "
+                  "p95 vs Infinity | vs the original (rounds) | peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for workload, found in results["workloads"].items():
+            for target, row in found["targets"].items():
+                spread = {ref: ", ".join(f"{x:.2f}" for x in row[f"vs {ref} by round"])
+                          for ref in ("infinity server", "original worker")}
+                lines.append(f"| {workload} | {found['padding_share']:.0%} | {target} | {row['requests_per_s']} | "
+                             f"{row['tokens_per_s']:,.0f} | {row['p95_ms']} | **{row['vs infinity server']:.2f}** "
+                             f"({spread['infinity server']}) | {row['p95 vs infinity server']:.2f} | "
+                             f"{row['vs original worker']:.2f} ({spread['original worker']}) | "
+                             f"{row['peak_rss_mib'] or '-'} MiB |")
+    if "faults" in results:
+        f = results["faults"]
+        lines += ["", "## Model loading under faults", "",
+                  f"Each fault played by the tests' stand-in hub on loopback, serving {f['model']} "
+                  f"({f['weights_bytes']:,} bytes of weights), with the shipped retry policy; seconds from the "
+                  "start of the model's look-up to a whole snapshot ready to load, or to the one line that ends "
+                  "start-up.", "", "| fault | outcome | seconds | weights requests | resumed from |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['fault']} | {r['outcome']} | {r['seconds']} | {r['weights_requests']} | "
+                  f"{', '.join(r['resumed_from']) or '-'} |" for r in f["rows"]]
     if "flops" in results and "dtypes" in results["flops"]:
         f = results["flops"]
         lines += ["", "## Compute: how close to the hardware", "",

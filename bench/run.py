@@ -7,7 +7,7 @@
 
 Writes docs/benchmarks.json, docs/benchmarks.png and docs/BENCHMARKS.md. One module per
 measurement: `throughput` (with `servers` and `peers`), `batching`, `cold_start`, `quality`, `load`,
-`serving_profile`, `compute`, `images`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
+`serving_profile`, `compute`, `images`, `faults`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
 loaded offline from `.cache/huggingface` (`make bundled-model` puts it there).
 """
 
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import batching  # noqa: E402
 import cold_start  # noqa: E402
+import faults  # noqa: E402
 import compute  # noqa: E402
 import images  # noqa: E402
 import load  # noqa: E402
@@ -34,10 +35,11 @@ import serving_profile  # noqa: E402
 import quality  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
+import workloads  # noqa: E402
 from common import ENV, HF_HOME, ROOT  # noqa: E402
 
-STEPS = ["hardware", "defaults", "same dtype", "sweep", "batching", "cold start", "imports", "quality",
-         "profile", "payloads", "load", "soak", "flops", "backends", "images"]
+STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
+         "profile", "payloads", "load", "soak", "flops", "backends", "images", "faults"]
 
 
 def auto_dtype() -> str:
@@ -61,6 +63,14 @@ def same_dtype(scale: float, rounds: int) -> dict:
     return {"same_dtype_dtype": dtype, "same_dtype": {"vs infinity": throughput.summarise(runs, "infinity server")}}
 
 
+def realistic_workloads(scale: float, rounds: int) -> dict:
+    """Users' workloads, at this worker's and Infinity's same dtype; the original at its defaults."""
+    names = ["local endpoint", "in-process engine", "infinity server", "original worker"]
+    runs = workloads.compare(names, scale, rounds, auto_dtype(), "auto")
+    return {"workloads_dtype": auto_dtype(),
+            "workloads": workloads.summarise(runs, ("infinity server", "original worker"))}
+
+
 def sweep(scale: float) -> dict:
     names = ["in-process engine", "local endpoint", "original worker", "infinity server"]
     return {"sweep_dtype": auto_dtype(), "sweep": throughput.sweep(names, scale, "auto")}
@@ -73,6 +83,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "hardware": lambda: {"hardware": compute.hardware()},
         "defaults": lambda: defaults(scale, rounds),
         "same dtype": lambda: same_dtype(scale, rounds),
+        "workloads": lambda: realistic_workloads(scale, rounds),
         "sweep": lambda: sweep(scale),
         "batching": lambda: {"batching_dtype": auto_dtype(), "batching": batching.compare(scale, rounds, "auto")},
         "cold start": lambda: {"cold_start": cold_start.cold_start(1 if quick else 3)},
@@ -85,6 +96,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "flops": lambda: {"flops": compute.flops(auto_dtype())},
         "backends": lambda: {"backends": quality.backends(scale)},
         "images": lambda: {"images": images.images()},
+        "faults": lambda: {"faults": faults.faults()},
     }
     return steps[step]()
 

@@ -24,11 +24,12 @@ PEERS = ("original worker", "infinity server")
 
 class Targets:
     def __init__(self, names: list[str], dtype: str, original_dtype: str = "auto",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, models: tuple[str, ...] = (MODEL,)) -> None:
         """`dtype`: this worker's and Infinity's server's DTYPES; `original_dtype`: the original's;
-        `env`: more variables for this worker's servers."""
+        `env`: more variables for this worker's servers; `models`: what every target serves."""
         self.names = names
-        self.env = env or {}
+        self.models = models
+        self.env = {"MODEL_NAMES": ";".join(models), **(env or {})}
         self.dtype = dtype
         self.original_dtype = original_dtype
         self.processes: dict[str, subprocess.Popen] = {}
@@ -55,10 +56,11 @@ class Targets:
                 self.urls[name] = f"http://127.0.0.1:{port}"
                 peers.wait_until_up(self.processes[name], f"{self.urls[name]}/docs", name)
             elif name == "original worker":
-                self.processes[name], self.urls[name] = peers.start_original_worker({"DTYPES": self.original_dtype})
+                self.processes[name], self.urls[name] = peers.start_original_worker(
+                    {"DTYPES": self.original_dtype, "MODEL_NAMES": self.env["MODEL_NAMES"]})
                 peers.wait_until_up(self.processes[name], f"{self.urls[name]}/docs", name)
             elif name == "infinity server":
-                self.processes[name], self.urls[name] = peers.start_infinity_server(self.dtype)
+                self.processes[name], self.urls[name] = peers.start_infinity_server(self.dtype, self.models)
                 peers.wait_until_up(self.processes[name], f"{self.urls[name]}/health", name)
 
     async def start(self) -> None:
@@ -69,10 +71,11 @@ class Targets:
             self.job_api = peers.JobApi()
             await self.job_api.start()
             self.processes["production loop"] = subprocess.Popen(
-                [sys.executable, "src/handler.py"], cwd=ROOT, env={**ENV, "DTYPES": self.dtype, **self.job_api.worker_env},
+                [sys.executable, "src/handler.py"], cwd=ROOT,
+                env={**ENV, "DTYPES": self.dtype, **self.env, **self.job_api.worker_env},
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if "in-process engine" in self.names:
-            self.worker = worker_for("torch", DTYPES=self.dtype)
+            self.worker = worker_for("torch", DTYPES=self.dtype, MODEL_NAMES=self.env["MODEL_NAMES"])
             await self.worker.registry.start()
 
     async def stop(self) -> None:
@@ -123,5 +126,39 @@ class Targets:
                 body = orjson.dumps({"input": {"model": MODEL, "input": texts}})
                 reply = await client.post(url, content=body, headers={"content-type": "application/json"})
                 check(orjson.loads(reply.content)["output"]["data"], texts)
+
+        return call
+
+    def rerank_call(self, name: str, model: str):
+        """`async call(query, docs)` that reranks `docs` through target `name` and checks the reply."""
+        client = self.client
+
+        def check(results: list, docs: list[str]) -> None:
+            assert len(results) == len(docs), name
+
+        if name == "in-process engine":
+            engine = self.worker.registry.resolve(model).engine
+
+            async def call(query: str, docs: list[str]) -> None:
+                await engine.rerank(query=query, docs=docs)
+        elif name == "infinity server":
+            url = f"{self.urls[name]}/rerank"
+
+            async def call(query: str, docs: list[str]) -> None:
+                reply = await client.post(url, content=orjson.dumps({"model": model, "query": query,
+                                                                     "documents": docs}),
+                                          headers={"content-type": "application/json"})
+                check(orjson.loads(reply.content)["results"], docs)
+        elif name == "production loop":
+            async def call(query: str, docs: list[str]) -> None:
+                result = await self.job_api.submit({"model": model, "query": query, "docs": docs})
+                check(result["output"]["results"], docs)
+        else:  # /runsync: the local endpoint, rp_serve_api, the original worker
+            url = f"{self.urls[name]}/runsync"
+
+            async def call(query: str, docs: list[str]) -> None:
+                body = orjson.dumps({"input": {"model": model, "query": query, "docs": docs}})
+                reply = await client.post(url, content=body, headers={"content-type": "application/json"})
+                check(orjson.loads(reply.content)["output"]["results"], docs)
 
         return call

@@ -153,6 +153,7 @@ def test_a_snapshot_cut_short_by_a_killed_worker_is_repaired_in_place(hub, place
     assert found.path == first.path
     assert_same_files(found.path, tiny_embedder_path)
     assert [r.path.rsplit("/", 1)[-1] for r in hub.served("/resolve/")] == [WEIGHTS]  # only the bad file
+    assert [r.range for r in weights_gets(hub)] == ["bytes=1000-"]  # from where the cut file ends
     assert "is damaged: model.safetensors is cut short (1,000 of" in caplog.text
 
 
@@ -288,7 +289,7 @@ def test_a_full_disk_names_the_folder_and_the_bytes(hub, places):
     with pytest.raises(ModelLoadError) as failed:
         resolve_model(REPO, None, places, access=access(hub))
     message = str(failed.value)
-    assert f"not enough disk space in {places.runpod_cache}: the download needs 1000000.0 GB more and " in message
+    assert f"not enough disk space in {places.runpod_cache}: the download needs 1.0 PB more and " in message
     assert " is free" in message
     assert hub.served("/resolve/") == []  # nothing written
 

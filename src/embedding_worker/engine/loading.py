@@ -77,8 +77,11 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
             log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
         if options.pack_cpu_weights and spec.backend is Backend.torch and hardware.device == "cpu":
             from embedding_worker.engine.cpu_kernels import pack_linear_layers
+            from embedding_worker.engine.real_tokens import compute_on_real_tokens
 
-            log.info("model %r: %d linear layers packed for oneDNN", spec.name, pack_linear_layers(replica))
+            packed, encoders = pack_linear_layers(replica), compute_on_real_tokens(replica)
+            log.info("model %r: %d linear layers packed for oneDNN%s", spec.name, packed,
+                     "; computes on real tokens only" if encoders else "")
     config = model_config(found.path)
     architecture = (config.get("architectures") or [config.get("model_type", "unknown")])[0]
     tested = sum(self_test(spec.name, replica, set(engine.capabilities), architecture) for replica in replicas)

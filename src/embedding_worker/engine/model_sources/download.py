@@ -129,7 +129,7 @@ class ModelDownload:
         """Fetch one file to its blob, resuming, retrying and checking it."""
         blob = self.blobs / expected.blob
         budget = self.hub.access.budget(f"{self.hub.repo_id!r}: {expected.name}")
-        part = self._take_over_part(blob) or private_name(blob, f"part-{HOST}-{os.getpid()}")
+        part = self._take_over_part(blob, expected) or private_name(blob, f"part-{HOST}-{os.getpid()}")
         bad_checksums = 0
         while file_problem(blob, expected) is not None:  # another worker may have finished it
             try:
@@ -187,11 +187,13 @@ class ModelDownload:
     def _parts_of(self, blob: Path) -> list[Path]:
         return [p for p in blob.parent.glob(blob.name + ".*") if PART.search(p.name) or p.name.endswith(".incomplete")]
 
-    def _take_over_part(self, blob: Path) -> Path | None:
-        """Rename the largest part file a dead worker left to one of ours, to resume it."""
+    def _take_over_part(self, blob: Path, expected: HubFile) -> Path | None:
+        """Rename the largest part file a dead worker left (or a blob cut short, which some tools
+        leave) to one of ours, to resume it; the hash check at the end catches a bad start."""
         mine = private_name(blob, f"part-{HOST}-{os.getpid()}")
-        for candidate in sorted(self._parts_of(blob), key=_size_of, reverse=True):
-            if _in_use(candidate):
+        cut_blob = [blob] if 0 <= _size_of(blob) < expected.size else []  # no one writes a blob in place
+        for candidate in sorted(self._parts_of(blob) + cut_blob, key=_size_of, reverse=True):
+            if candidate != blob and _in_use(candidate):
                 continue
             try:
                 os.rename(candidate, mine)
@@ -226,11 +228,11 @@ def _size_of(path: Path) -> int:
 
 
 def _size(count: float) -> str:
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if count < 1000:
             return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
         count /= 1000
-    return f"{count:.1f} GB"
+    return f"{count:.1f} PB"
 
 
 class _Progress:

@@ -1,0 +1,107 @@
+"""Encoders that compute on real tokens only, on a CPU.
+
+A batch is padded to its longest text, and a padded encoder computes every position of
+every row: with texts of mixed lengths most of a batch can be padding. For the encoder
+families users deploy for embeddings and reranking (BERT, RoBERTa, XLM-RoBERTa, and the
+cross-encoders and sentence-transformers built on them), `compute_on_real_tokens` swaps the
+encoder's forward pass for one that:
+- embeds the padded batch (positions and token types stay those of the padded layout);
+- keeps only the real tokens, one `[tokens, hidden]` matrix for the whole batch, through
+  every linear layer, layer norm and feed-forward (the packed kernels of `cpu_kernels.py`
+  work on it as they do on a padded batch);
+- runs attention one text at a time with torch's scaled-dot-product kernel, on that text's
+  tokens alone, so there is no mask and nothing to compute for padding;
+- puts the result back in the padded layout, so pooling, classifier heads and
+  sentence-transformers see the model's usual output.
+
+The vectors are the padded model's (float32: within rounding; docs/BENCHMARKS.md has the
+speed). A batch with little padding, or any call this path does not cover (attention or
+hidden-state outputs, head masks, relative position embeddings, a decoder, gradients),
+runs the model's own forward. `PACK_CPU_WEIGHTS=false` keeps the model's own forward too.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from torch.nn import functional
+
+from embedding_worker.engine.cpu_kernels import torch_modules
+
+ENCODERS = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel")
+# Below this share of real tokens the batch runs on real tokens only; above it, padding
+# costs less than one attention call per text.
+REAL_SHARE_BELOW = 0.9
+
+
+def compute_on_real_tokens(model: Any) -> int:
+    """Swap the forward pass of every supported CPU encoder in `model`; return how many."""
+    swapped = 0
+    for root in torch_modules(model):
+        for module in root.modules():
+            if type(module).__name__ in ENCODERS and _supported(module):
+                module._padded_forward = module.forward
+                module.forward = types.MethodType(_forward, module)
+                swapped += 1
+    return swapped
+
+
+def _supported(encoder: torch.nn.Module) -> bool:
+    config = encoder.config
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    return (
+        not config.is_decoder
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        and layers is not None
+        and all(hasattr(layer, "attention") and hasattr(layer.attention, "self") for layer in layers)
+        and next(encoder.parameters()).device.type == "cpu"
+    )
+
+
+def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
+             attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+             position_ids: torch.Tensor | None = None, **rest: Any) -> Any:
+    covered = (
+        input_ids is not None
+        and attention_mask is not None
+        and attention_mask.dim() == 2
+        and not torch.is_grad_enabled()
+        and not any(rest.get(k) for k in ("head_mask", "inputs_embeds", "encoder_hidden_states",
+                                          "past_key_values", "output_attentions", "output_hidden_states"))
+    )
+    if not covered or float(attention_mask.float().mean()) >= REAL_SHARE_BELOW:
+        return self._padded_forward(input_ids=input_ids, attention_mask=attention_mask,
+                                    token_type_ids=token_type_ids, position_ids=position_ids, **rest)
+    from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+    batch, length = input_ids.shape
+    embedded = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+    real = attention_mask.reshape(-1).nonzero().squeeze(1)
+    lengths = attention_mask.sum(dim=1).tolist()
+    hidden = embedded.reshape(batch * length, -1).index_select(0, real)
+    for layer in self.encoder.layer:
+        hidden = _layer(layer, hidden, lengths)
+    padded = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy_(0, real, hidden)
+    sequence = padded.view(batch, length, -1)
+    pooled = self.pooler(sequence) if getattr(self, "pooler", None) is not None else None
+    if rest.get("return_dict") is False:  # as sentence-transformers calls it
+        return (sequence,) if pooled is None else (sequence, pooled)
+    return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=sequence, pooler_output=pooled)
+
+
+def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """One encoder layer on `[tokens, hidden]`: BERT's post-norm block, attention per text."""
+    attention = layer.attention.self
+    heads, size = attention.num_attention_heads, attention.attention_head_size
+    query = attention.query(hidden).view(-1, heads, size).transpose(0, 1)  # [heads, tokens, size]
+    key = attention.key(hidden).view(-1, heads, size).transpose(0, 1)
+    value = attention.value(hidden).view(-1, heads, size).transpose(0, 1)
+    context = torch.cat([
+        functional.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0))[0]
+        for q, k, v in zip(query.split(lengths, dim=1), key.split(lengths, dim=1), value.split(lengths, dim=1))
+    ], dim=1)
+    context = context.transpose(0, 1).reshape(-1, heads * size)
+    attended = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + hidden)
+    return layer.output.LayerNorm(layer.output.dense(layer.intermediate(attended)) + attended)
