@@ -123,11 +123,13 @@ def soak(seconds: float = 1800, concurrency: int = 8, variants: dict[str, dict[s
 
         async def client_loop(seed: int) -> None:
             rng = random.Random(seed)
+            names, turn = list(fleet), seed
             async with httpx.AsyncClient(timeout=600) as client:
                 while time.perf_counter() < deadline:
                     kind, size = rng.random(), rng.choice([1, 1, 2, 8, 8, 16, 32, 64, 256])
                     batch = rng.sample(texts, size)
-                    for name in fleet:  # the same request to each variant in turn
+                    turn += 1  # the same request to each variant in turn, each first as often
+                    for name in names[turn % len(names):] + names[:turn % len(names)]:
                         await one(client, bases[name], kind, batch, counts[name])
 
         await asyncio.gather(sampler(), *(client_loop(i) for i in range(concurrency)))
@@ -138,7 +140,7 @@ def soak(seconds: float = 1800, concurrency: int = 8, variants: dict[str, dict[s
     finally:
         for targets in fleet.values():
             asyncio.run(targets.stop())
-    return {"seconds": seconds, "concurrency": concurrency, "result_ttl_s": SOAK_RESULT_TTL,
+    return {"seconds": seconds, "concurrency": concurrency, "result_ttl_s": SOAK_RESULT_TTL, "order_rotated": True,
             "sample_every_s": SOAK_SAMPLE_EVERY, "variants": {name: {"env": variants[name], **counts[name],
                                                                       **rss_summary(samples[name], seconds)}
                                                                for name in fleet}}
@@ -155,3 +157,18 @@ def rss_summary(samples: list[tuple[float, float]], seconds: float) -> dict:
             "rss_plateau_mib": round(plateau), "rss_end_mib": round(rss[-1]), "rss_peak_mib": round(max(rss)),
             "rss_trend_second_half_mib_per_min": round(slope, 2),
             "rss_samples": [[round(t), round(m)] for t, m in samples]}
+
+
+def trim_cost(seconds: float = 200) -> dict:
+    """Speed of trimming freed memory against not trimming: the same load twice, once in each
+    order, since the server asked first in a round is slower; the geometric mean of the two."""
+    ratios, plateaus = [], {"trim": [], "no trim": []}
+    for variants in ({"trim": {}, "no trim": {"MEMORY_TRIM_INTERVAL": "0"}},
+                     {"no trim": {"MEMORY_TRIM_INTERVAL": "0"}, "trim": {}}):
+        found = soak(seconds, 8, variants)["variants"]
+        ratios.append(found["trim"]["seconds_in_requests"] / found["no trim"]["seconds_in_requests"])
+        for name in plateaus:
+            plateaus[name].append(found[name]["rss_plateau_mib"])
+    return {"seconds": seconds, "ratios": [round(r, 3) for r in ratios],
+            "geometric_mean": round(float(np.sqrt(ratios[0] * ratios[1])), 3),
+            "plateau_mib": {name: round(float(np.mean(values))) for name, values in plateaus.items()}}

@@ -153,12 +153,21 @@ def markdown(results: dict) -> str:
                   "| server | completed | failed (bad inputs) | refused | time in requests vs the first | RSS start | "
                   "after 1 min | plateau | end | peak | trend, 2nd half |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         first = next(iter(s["variants"].values()))["seconds_in_requests"]
+        timed = s.get("order_rotated")  # without rotation, whichever server is asked first is slower
         for name, v in s["variants"].items():
             env = ", ".join(f"`{k}={val}`" for k, val in v["env"].items()) or "defaults"
             lines.append(f"| {name} ({env}) | {v['completed']} | {v['failed']} | {v['refused']} | "
-                         f"{v['seconds_in_requests'] / first:.2f} | {v['rss_start_mib']} MiB | {v['rss_after_first_minute_mib']} MiB | "
+                         f"{v['seconds_in_requests'] / first if timed else '-':{'.2f' if timed else ''}} | "
+                         f"{v['rss_start_mib']} MiB | {v['rss_after_first_minute_mib']} MiB | "
                          f"**{v['rss_plateau_mib']} MiB** | {v['rss_end_mib']} MiB | {v['rss_peak_mib']} MiB | "
                          f"{v['rss_trend_second_half_mib_per_min']} MiB/min |")
+        if "trim_cost" in s:
+            t = s["trim_cost"]
+            lines += ["", f"What trimming costs in speed: {t['seconds']:.0f} s of the same load, trimming against not "
+                      "trimming, twice, once in each order (the server asked first is slower): time in requests "
+                      f"with trimming over without, {', '.join(f'{x:.2f}' for x in t['ratios'])}; geometric mean "
+                      f"**{t['geometric_mean']:.3f}**. RSS plateau {t['plateau_mib']['trim']} MiB trimming, "
+                      f"{t['plateau_mib']['no trim']} MiB not."]
     if "workloads" in results:
         lines += ["", "## Users' workloads", "",
                   f"Each workload side by side in interleaved rounds, this worker and Infinity's server at "

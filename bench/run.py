@@ -92,7 +92,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "profile": lambda: {"profile": serving_profile.profile()},
         "payloads": lambda: {"payloads": compute.payloads()},
         "load": lambda: {"load": load.burst()},
-        "soak": lambda: {"soak": load.soak(120 if quick else 1800)},
+        "soak": lambda: {"soak": {**load.soak(120 if quick else 1800), "trim_cost": load.trim_cost(60 if quick else 200)}},
         "flops": lambda: {"flops": compute.flops(auto_dtype())},
         "backends": lambda: {"backends": quality.backends(scale)},
         "images": lambda: {"images": images.images()},

@@ -31,9 +31,10 @@ from torch.nn import functional
 from embedding_worker.engine.cpu_kernels import torch_modules
 
 ENCODERS = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel")
-# Below this share of real tokens the batch runs on real tokens only; above it, padding
-# costs less than one attention call per text.
-REAL_SHARE_BELOW = 0.9
+# Below this share of real tokens a batch runs on real tokens only. Measured on all-MiniLM-L6-v2
+# (bfloat16, 2 threads): the time follows the real tokens, 1.1x faster at 90 % real, 2x at 50 %,
+# and 0.95x at no padding at all, where one batched attention call beats one per text.
+REAL_SHARE_BELOW = 0.95
 
 
 def compute_on_real_tokens(model: Any) -> int:
