@@ -137,3 +137,48 @@ def _operator_shares(profiler) -> dict[str, float]:
         totals[kind] += event.self_cpu_time_total
     whole = sum(totals.values()) or 1.0
     return {kind: round(value / whole, 3) for kind, value in totals.items()}
+
+
+ATTENTION_SHAPES = [(12, 32), (12, 64)]  # (heads, head size): MiniLM-L6 and base-sized encoders
+ATTENTION_LENGTHS = [16, 64, 128, 256, 512]
+
+
+def attention(auto_dtype: str, rounds: int = 5) -> dict:
+    """One text's self-attention, as the real-token path runs it, with each of torch's CPU
+    kernels (scaled-dot-product's flash kernel, its math kernel) and a plain matmul-softmax:
+    ms per call, the median of `rounds` interleaved rounds."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    def plain(q, k, v):
+        return torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+    def flash(q, k, v):
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return sdpa(q, k, v)
+
+    def math(q, k, v):
+        with sdpa_kernel(SDPBackend.MATH):
+            return sdpa(q, k, v)
+
+    kernels = {"sdpa flash": flash, "sdpa math": math, "matmul + softmax": plain}
+    rows = []
+    for dtype in dict.fromkeys(["float32", auto_dtype]):
+        for heads, size in ATTENTION_SHAPES:
+            for length in ATTENTION_LENGTHS:
+                q, k, v = (torch.randn(1, heads, length, size).to(getattr(torch, dtype)) for _ in range(3))
+                repeat = max(3, 2048 // length)
+                times: dict[str, list[float]] = {name: [] for name in kernels}
+                with torch.inference_mode():
+                    for _ in range(rounds):
+                        for name, kernel in kernels.items():
+                            kernel(q, k, v)
+                            started = time.perf_counter()
+                            for _ in range(repeat):
+                                kernel(q, k, v)
+                            times[name].append((time.perf_counter() - started) / repeat * 1000)
+                medians = {name: round(statistics.median(t), 3) for name, t in times.items()}
+                rows.append({"dtype": dtype, "heads": heads, "head_size": size, "length": length, "ms": medians,
+                             "fastest": min(medians, key=medians.get)})
+    return {"threads": torch.get_num_threads(), "rows": rows}

@@ -178,15 +178,32 @@ def markdown(results: dict) -> str:
                   "tokens only.", "",
                   "| workload | padding | target | requests/s | tokens/s | p95 ms | vs Infinity's server (rounds) | "
                   "p95 vs Infinity | vs the original (rounds) | peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
+        def versus(row: dict, reference: str, bold: bool = False) -> str:
+            if f"vs {reference}" not in row:
+                return "-"
+            ratio = f"**{row[f'vs {reference}']:.2f}**" if bold else f"{row[f'vs {reference}']:.2f}"
+            return f"{ratio} ({', '.join(f'{x:.2f}' for x in row[f'vs {reference} by round'])})"
+
         for workload, found in results["workloads"].items():
             for target, row in found["targets"].items():
-                spread = {ref: ", ".join(f"{x:.2f}" for x in row[f"vs {ref} by round"])
-                          for ref in ("infinity server", "original worker")}
+                if "error" in row:
+                    lines.append(f"| {workload} | {found['padding_share']:.0%} | {target} | fails: {row['error']} "
+                                 "| - | - | - | - | - | - |")
+                    continue
+                p95 = f"{row['p95 vs infinity server']:.2f}" if "p95 vs infinity server" in row else "-"
                 lines.append(f"| {workload} | {found['padding_share']:.0%} | {target} | {row['requests_per_s']} | "
-                             f"{row['tokens_per_s']:,.0f} | {row['p95_ms']} | **{row['vs infinity server']:.2f}** "
-                             f"({spread['infinity server']}) | {row['p95 vs infinity server']:.2f} | "
-                             f"{row['vs original worker']:.2f} ({spread['original worker']}) | "
-                             f"{row['peak_rss_mib'] or '-'} MiB |")
+                             f"{row['tokens_per_s']:,.0f} | {row['p95_ms']} | {versus(row, 'infinity server', True)} | "
+                             f"{p95} | {versus(row, 'original worker')} | {row['peak_rss_mib'] or '-'} MiB |")
+    if "attention" in results:
+        a = results["attention"]
+        lines += ["", "## Attention kernels, one text at a time", "",
+                  f"One text's self-attention as the real-token path runs it, {a['threads']} threads, ms per call "
+                  "(median of interleaved rounds) with torch's scaled-dot-product flash kernel (what the worker "
+                  "calls), its math kernel, and a plain matmul-softmax.", "",
+                  "| dtype | heads x size | length | sdpa flash | sdpa math | matmul + softmax | fastest |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['dtype']} | {r['heads']} x {r['head_size']} | {r['length']} | {r['ms']['sdpa flash']} | "
+                  f"{r['ms']['sdpa math']} | {r['ms']['matmul + softmax']} | {r['fastest']} |" for r in a["rows"]]
     if "faults" in results:
         f = results["faults"]
         lines += ["", "## Model loading under faults", "",

@@ -39,7 +39,7 @@ import workloads  # noqa: E402
 from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
-         "profile", "payloads", "load", "soak", "flops", "backends", "images", "faults"]
+         "profile", "payloads", "load", "soak", "flops", "attention", "backends", "images", "faults"]
 
 
 def auto_dtype() -> str:
@@ -94,6 +94,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "load": lambda: {"load": load.burst()},
         "soak": lambda: {"soak": {**load.soak(120 if quick else 1800), "trim_cost": load.trim_cost(60 if quick else 200)}},
         "flops": lambda: {"flops": compute.flops(auto_dtype())},
+        "attention": lambda: {"attention": compute.attention(auto_dtype())},
         "backends": lambda: {"backends": quality.backends(scale)},
         "images": lambda: {"images": images.images()},
         "faults": lambda: {"faults": faults.faults()},

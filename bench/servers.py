@@ -56,8 +56,9 @@ class Targets:
                 self.urls[name] = f"http://127.0.0.1:{port}"
                 peers.wait_until_up(self.processes[name], f"{self.urls[name]}/docs", name)
             elif name == "original worker":
-                self.processes[name], self.urls[name] = peers.start_original_worker(
-                    {"DTYPES": self.original_dtype, "MODEL_NAMES": self.env["MODEL_NAMES"]})
+                self.processes[name], self.urls[name] = peers.start_original_worker(  # one value per model
+                    {"DTYPES": ";".join([self.original_dtype] * len(self.models)),
+                     "BATCH_SIZES": ";".join(["32"] * len(self.models)), "MODEL_NAMES": self.env["MODEL_NAMES"]})
                 peers.wait_until_up(self.processes[name], f"{self.urls[name]}/docs", name)
             elif name == "infinity server":
                 self.processes[name], self.urls[name] = peers.start_infinity_server(self.dtype, self.models)
@@ -136,6 +137,8 @@ class Targets:
         def check(results: list, docs: list[str]) -> None:
             assert len(results) == len(docs), name
 
+        # Infinity names a model in a folder by the folder's last two parts, and so does the original worker
+        served = "/".join(model.rstrip("/").split("/")[-2:]) if name in PEERS else model
         if name == "in-process engine":
             engine = self.worker.registry.resolve(model).engine
 
@@ -145,7 +148,7 @@ class Targets:
             url = f"{self.urls[name]}/rerank"
 
             async def call(query: str, docs: list[str]) -> None:
-                reply = await client.post(url, content=orjson.dumps({"model": model, "query": query,
+                reply = await client.post(url, content=orjson.dumps({"model": served, "query": query,
                                                                      "documents": docs}),
                                           headers={"content-type": "application/json"})
                 check(orjson.loads(reply.content)["results"], docs)
@@ -157,8 +160,10 @@ class Targets:
             url = f"{self.urls[name]}/runsync"
 
             async def call(query: str, docs: list[str]) -> None:
-                body = orjson.dumps({"input": {"model": model, "query": query, "docs": docs}})
+                body = orjson.dumps({"input": {"model": served, "query": query, "docs": docs}})
                 reply = await client.post(url, content=body, headers={"content-type": "application/json"})
+                if reply.status_code != 200:
+                    raise RuntimeError(f"{name} answered {reply.status_code}: {reply.text[:300]}")
                 check(orjson.loads(reply.content)["output"]["results"], docs)
 
         return call

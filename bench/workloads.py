@@ -102,8 +102,11 @@ def compare(names: list[str], scale: float, rounds: int, dtype: str, original_dt
                     for target in names:
                         call = (targets.rerank_call(target, model_rr) if kind == "rerank"
                                 else targets.call(target))
-                        rows[target].append(await drive(call, requests, concurrency, kind, real_tokens,
-                                                        targets.process(target)))
+                        try:
+                            rows[target].append(await drive(call, requests, concurrency, kind, real_tokens,
+                                                            targets.process(target)))
+                        except Exception as exc:  # noqa: BLE001 - a peer that cannot serve it is a result
+                            rows[target].append({"error": " ".join(str(exc).split())[:200]})
                 results[name] = {"padding_share": round(padding_share(requests, kind, tokenizer, concurrency), 3),
                                  "requests": len(requests), "concurrency": concurrency, "targets": rows}
         finally:
@@ -151,11 +154,16 @@ def summarise(results: dict, references: tuple[str, ...]) -> dict:
         rows = found["targets"]
         table[workload] = {"padding_share": found["padding_share"], "targets": {}}
         for target, runs in rows.items():
+            if failed := next((r["error"] for r in runs if "error" in r), None):
+                table[workload]["targets"][target] = {"error": failed}
+                continue
             summary = {key: (statistics.median(r[key] for r in runs) if runs[0][key] is not None else None)
                        for key in runs[0]}
             if summary["peak_rss_mib"] is not None:
                 summary["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
             for reference in references:
+                if any("error" in b for b in rows[reference]):
+                    continue
                 ratios = [r["requests_per_s"] / b["requests_per_s"] for r, b in zip(runs, rows[reference])]
                 summary[f"vs {reference}"] = round(statistics.median(ratios), 3)
                 summary[f"vs {reference} by round"] = [round(x, 3) for x in ratios]

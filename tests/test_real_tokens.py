@@ -129,3 +129,24 @@ def test_the_served_worker_computes_on_real_tokens(worker, sentence_transformer,
     scores = {r["index"]: r["relevance_score"] for r in ranked["results"]}
     expected_scores = cross_encoder.predict([("what sat on the mat", d) for d in MIXED], activation_fct=torch.sigmoid)
     assert max(abs(scores[i] - float(s)) for i, s in enumerate(expected_scores)) <= 1e-5
+
+
+def test_an_mpnet_embedder_gives_the_padded_vectors(embedder_path, tmp_path):
+    """MPNet's relative position bias depends only on distances: cut to each text's length."""
+    from transformers import AutoTokenizer, MPNetConfig
+
+    from conftest import tiny_sentence_transformer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedder_path)
+    config = MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, max_position_embeddings=514)
+    folder = tiny_sentence_transformer(tmp_path / "mpnet", config, tokenizer)
+    plain, fast = (SentenceTransformer(str(folder), device="cpu") for _ in range(2))
+    pack_linear_layers(fast)
+    counts = counting(fast)
+    features = plain.tokenize(MIXED)
+    with torch.inference_mode():
+        expected = plain.forward(dict(features))["sentence_embedding"]
+        got = fast.forward(dict(features))["sentence_embedding"]
+    assert counts["padded"] == 0
+    assert (got - expected).abs().max() <= 1e-5

@@ -2,15 +2,16 @@
 
 A batch is padded to its longest text, and a padded encoder computes every position of
 every row: with texts of mixed lengths most of a batch can be padding. For the encoder
-families users deploy for embeddings and reranking (BERT, RoBERTa, XLM-RoBERTa, and the
-cross-encoders and sentence-transformers built on them), `compute_on_real_tokens` swaps the
-encoder's forward pass for one that:
+families users deploy for embeddings and reranking (BERT, RoBERTa, XLM-RoBERTa, MPNet, and
+the cross-encoders and sentence-transformers built on them), `compute_on_real_tokens` swaps
+the encoder's forward pass for one that:
 - embeds the padded batch (positions and token types stay those of the padded layout);
 - keeps only the real tokens, one `[tokens, hidden]` matrix for the whole batch, through
   every linear layer, layer norm and feed-forward (the packed kernels of `cpu_kernels.py`
   work on it as they do on a padded batch);
 - runs attention one text at a time with torch's scaled-dot-product kernel, on that text's
-  tokens alone, so there is no mask and nothing to compute for padding;
+  tokens alone, so there is nothing to compute for padding (MPNet's relative position bias,
+  which depends only on the distance between tokens, is cut to the text's length);
 - puts the result back in the padded layout, so pooling, classifier heads and
   sentence-transformers see the model's usual output.
 
@@ -30,7 +31,7 @@ from torch.nn import functional
 
 from embedding_worker.engine.cpu_kernels import torch_modules
 
-ENCODERS = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel")
+ENCODERS = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel", "MPNetModel")
 # Below this share of real tokens a batch runs on real tokens only. Measured on all-MiniLM-L6-v2
 # (bfloat16, 2 threads): the time follows the real tokens, 1.1x faster at 90 % real, 2x at 50 %,
 # and 0.95x at no padding at all, where one batched attention call beats one per text.
@@ -56,7 +57,8 @@ def _supported(encoder: torch.nn.Module) -> bool:
         not config.is_decoder
         and getattr(config, "position_embedding_type", "absolute") == "absolute"
         and layers is not None
-        and all(hasattr(layer, "attention") and hasattr(layer.attention, "self") for layer in layers)
+        and all(hasattr(getattr(layer, "attention", None), ("self" if hasattr(layer.attention, "self") else "attn"))
+                for layer in layers)
         and next(encoder.parameters()).device.type == "cpu"
     )
 
@@ -82,8 +84,9 @@ def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
     real = attention_mask.reshape(-1).nonzero().squeeze(1)
     lengths = attention_mask.sum(dim=1).tolist()
     hidden = embedded.reshape(batch * length, -1).index_select(0, real)
+    bias = self.encoder.compute_position_bias(embedded[:1]) if hasattr(self.encoder, "relative_attention_bias") else None
     for layer in self.encoder.layer:
-        hidden = _layer(layer, hidden, lengths)
+        hidden = _layer(layer, hidden, lengths, bias)
     padded = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy_(0, real, hidden)
     sequence = padded.view(batch, length, -1)
     pooled = self.pooler(sequence) if getattr(self, "pooler", None) is not None else None
@@ -92,17 +95,26 @@ def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
     return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=sequence, pooler_output=pooled)
 
 
-def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """One encoder layer on `[tokens, hidden]`: BERT's post-norm block, attention per text."""
-    attention = layer.attention.self
-    heads, size = attention.num_attention_heads, attention.attention_head_size
-    query = attention.query(hidden).view(-1, heads, size).transpose(0, 1)  # [heads, tokens, size]
-    key = attention.key(hidden).view(-1, heads, size).transpose(0, 1)
-    value = attention.value(hidden).view(-1, heads, size).transpose(0, 1)
+def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int], bias: torch.Tensor | None) -> torch.Tensor:
+    """One encoder layer on `[tokens, hidden]`: the post-norm block of BERT (`attention.self`,
+    `attention.output`) or MPNet (`attention.attn`, `attention.LayerNorm`), attention per text."""
+    if hasattr(layer.attention, "self"):
+        own = layer.attention.self
+        query, key, value = own.query(hidden), own.key(hidden), own.value(hidden)
+    else:
+        own = layer.attention.attn
+        query, key, value = own.q(hidden), own.k(hidden), own.v(hidden)
+    heads, size = own.num_attention_heads, own.attention_head_size
+    query, key, value = (t.view(-1, heads, size).transpose(0, 1) for t in (query, key, value))  # [heads, tokens, size]
     context = torch.cat([
-        functional.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0))[0]
+        functional.scaled_dot_product_attention(
+            q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+            attn_mask=None if bias is None else bias[:, :, :q.shape[1], :q.shape[1]])[0]
         for q, k, v in zip(query.split(lengths, dim=1), key.split(lengths, dim=1), value.split(lengths, dim=1))
     ], dim=1)
     context = context.transpose(0, 1).reshape(-1, heads * size)
-    attended = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + hidden)
+    if hasattr(layer.attention, "self"):
+        attended = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + hidden)
+    else:
+        attended = layer.attention.LayerNorm(own.o(context) + hidden)
     return layer.output.LayerNorm(layer.output.dense(layer.intermediate(attended)) + attended)
