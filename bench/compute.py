@@ -182,3 +182,57 @@ def attention(auto_dtype: str, rounds: int = 5) -> dict:
                 rows.append({"dtype": dtype, "heads": heads, "head_size": size, "length": length, "ms": medians,
                              "fastest": min(medians, key=medians.get)})
     return {"threads": torch.get_num_threads(), "rows": rows}
+
+
+def workload_profile(auto_dtype: str, rounds: int = 5) -> dict:
+    """Where a batch of the mixed-documents workload spends its time, at `auto_dtype`: the
+    padded model with packed layers against the worker (packed, real tokens only), timed in
+    interleaved rounds, with the time by operator and the FLOP/s on real tokens against a GEMM
+    at the same shape: how much is left above the hardware."""
+    import torch
+    from huggingface_hub import snapshot_download
+    from sentence_transformers import SentenceTransformer
+
+    import workloads
+    from embedding_worker.engine.cpu_kernels import pack_linear_layers
+    from embedding_worker.engine.real_tokens import compute_on_real_tokens
+
+    dtype = getattr(torch, auto_dtype)
+    texts = [t for _, batch in workloads.requests_for(workloads.WORKLOADS[0], 1.0)[:8] for t in batch]
+    path = snapshot_download(MODEL, local_files_only=True)
+    variants = {"padded (packed layers)": SentenceTransformer(path, device="cpu").to(dtype),
+                "the worker (packed, real tokens only)": SentenceTransformer(path, device="cpu").to(dtype)}
+    for model in variants.values():
+        pack_linear_layers(model)
+    compute_on_real_tokens(variants["the worker (packed, real tokens only)"])
+    features = variants["padded (packed layers)"].tokenize(texts)
+    real = int(features["attention_mask"].sum())
+    config = variants["padded (packed layers)"][0].auto_model.config
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    lengths = features["attention_mask"].sum(1).tolist()
+    linear_flop = layers * 2 * real * (4 * hidden * hidden + 2 * hidden * inter)
+    attention_flop = layers * 4 * hidden * sum(n * n for n in lengths)
+    gemm = _gemm_flops(real, hidden, inter, dtype) / 1e9
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for model in variants.values():
+            model(dict(features))
+        for _ in range(rounds):
+            for name, model in variants.items():
+                started = time.perf_counter()
+                model(dict(features))
+                times[name].append(time.perf_counter() - started)
+        rows = {}
+        for name, model in variants.items():
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+                model(dict(features))
+            seconds = statistics.median(times[name])
+            rows[name] = {"ms_per_batch": round(seconds * 1000, 1), "real_tokens_per_s": round(real / seconds),
+                          "gflops_on_real_tokens": round((linear_flop + attention_flop) / seconds / 1e9, 1),
+                          "time_by_operator": _operator_shares(profiler)}
+    padded, worker = (times[name] for name in variants)
+    return {"dtype": auto_dtype, "threads": torch.get_num_threads(), "batch": len(texts),
+            "padded_length": int(features["input_ids"].shape[1]), "real_tokens": real,
+            "real_share": round(real / features["attention_mask"].numel(), 3), "gemm_gflops": round(gemm, 1),
+            "speedup_rounds": [round(p / w, 2) for p, w in zip(padded, worker)],
+            "speedup_median": round(statistics.median(p / w for p, w in zip(padded, worker)), 2), "variants": rows}

@@ -194,6 +194,20 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {workload} | {found['padding_share']:.0%} | {target} | {row['requests_per_s']} | "
                              f"{row['tokens_per_s']:,.0f} | {row['p95_ms']} | {versus(row, 'infinity server', True)} | "
                              f"{p95} | {versus(row, 'original worker')} | {row['peak_rss_mib'] or '-'} MiB |")
+    if "workload_profile" in results:
+        w = results["workload_profile"]
+        lines += ["", "## Where a mixed-documents batch goes", "",
+                  f"One batch of the mixed-documents workload ({w['batch']} texts padded to {w['padded_length']} "
+                  f"tokens, {w['real_share']:.0%} of them real), {w['dtype']}, {w['threads']} threads; medians of "
+                  f"interleaved rounds; the worker is {w['speedup_median']:.2f}x the padded model "
+                  f"({', '.join(f'{x:.2f}' for x in w['speedup_rounds'])}). FLOP/s count real tokens only, against "
+                  f"a GEMM of the feed-forward's shape at {w['gemm_gflops']} GFLOP/s.", "",
+                  "| model | ms per batch | real tokens/s | GFLOP/s on real tokens | time by operator |",
+                  "|---|---|---|---|---|"]
+        for name, row in w["variants"].items():
+            shares = ", ".join(f"{kind} {share:.0%}" for kind, share in row["time_by_operator"].items())
+            lines.append(f"| {name} | {row['ms_per_batch']} | {row['real_tokens_per_s']:,} | "
+                         f"{row['gflops_on_real_tokens']} | {shares} |")
     if "attention" in results:
         a = results["attention"]
         lines += ["", "## Attention kernels, one text at a time", "",

@@ -39,7 +39,7 @@ import workloads  # noqa: E402
 from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
-         "profile", "payloads", "load", "soak", "flops", "attention", "backends", "images", "faults"]
+         "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "faults"]
 
 
 def auto_dtype() -> str:
@@ -95,6 +95,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "soak": lambda: {"soak": {**load.soak(120 if quick else 1800), "trim_cost": load.trim_cost(60 if quick else 200)}},
         "flops": lambda: {"flops": compute.flops(auto_dtype())},
         "attention": lambda: {"attention": compute.attention(auto_dtype())},
+        "workload profile": lambda: {"workload_profile": compute.workload_profile(auto_dtype())},
         "backends": lambda: {"backends": quality.backends(scale)},
         "images": lambda: {"images": images.images()},
         "faults": lambda: {"faults": faults.faults()},

@@ -15,8 +15,9 @@ the encoder's forward pass for one that:
 - puts the result back in the padded layout, so pooling, classifier heads and
   sentence-transformers see the model's usual output.
 
-The vectors are the padded model's (float32: within rounding; docs/BENCHMARKS.md has the
-speed). A batch with little padding, or any call this path does not cover (attention or
+The vectors are the padded model's (float32: within rounding; bfloat16: as close to float32
+as the padded model's; docs/BENCHMARKS.md has the speed). A short batch with little padding
+(see REAL_SHARE_BELOW), or any call this path does not cover (attention or
 hidden-state outputs, head masks, relative position embeddings, a decoder, gradients),
 runs the model's own forward. `PACK_CPU_WEIGHTS=false` keeps the model's own forward too.
 """
@@ -32,10 +33,14 @@ from torch.nn import functional
 from embedding_worker.engine.cpu_kernels import torch_modules
 
 ENCODERS = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel", "MPNetModel")
-# Below this share of real tokens a batch runs on real tokens only. Measured on all-MiniLM-L6-v2
-# (bfloat16, 2 threads): the time follows the real tokens, 1.1x faster at 90 % real, 2x at 50 %,
-# and 0.95x at no padding at all, where one batched attention call beats one per text.
-REAL_SHARE_BELOW = 0.95
+# A batch runs on real tokens only below this share of real tokens, and in bfloat16 from
+# ALWAYS_FROM padded positions on, where attention by plain matmul per text beats the padded
+# batch's even with no padding at all. Measured on all-MiniLM-L6-v2 (2 threads): the time
+# follows the real tokens (2x at 50 % real); bfloat16 at 182 tokens 1.05x with no padding;
+# at 42 tokens 0.90x with none, 0.98x at 91 % real, 1.17x at 75 %.
+REAL_SHARE_BELOW = 0.9
+ALWAYS_FROM = 64
+PLAIN_ATTENTION_FROM = 32  # tokens
 
 
 def compute_on_real_tokens(model: Any) -> int:
@@ -74,7 +79,9 @@ def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
         and not any(rest.get(k) for k in ("head_mask", "inputs_embeds", "encoder_hidden_states",
                                           "past_key_values", "output_attentions", "output_hidden_states"))
     )
-    if not covered or float(attention_mask.float().mean()) >= REAL_SHARE_BELOW:
+    worth_it = covered and (float(attention_mask.float().mean()) < REAL_SHARE_BELOW or (
+        attention_mask.shape[1] >= ALWAYS_FROM and self.embeddings.word_embeddings.weight.dtype == torch.bfloat16))
+    if not worth_it:
         return self._padded_forward(input_ids=input_ids, attention_mask=attention_mask,
                                     token_type_ids=token_type_ids, position_ids=position_ids, **rest)
     from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
@@ -95,6 +102,18 @@ def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
     return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=sequence, pooler_output=pooled)
 
 
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """One text's attention, `[heads, tokens, size]`, with the kernel that is faster here
+    (docs/BENCHMARKS.md, "Attention kernels"): in bfloat16 from PLAIN_ATTENTION_FROM tokens on,
+    a batched matmul and softmax (1.3-1.8x torch's flash kernel); else scaled-dot-product."""
+    if query.dtype == torch.bfloat16 and query.shape[1] >= PLAIN_ATTENTION_FROM:
+        scores = torch.bmm(query, key.transpose(1, 2)) * query.shape[-1] ** -0.5
+        if bias is not None:
+            scores += bias
+        return torch.bmm(torch.softmax(scores, dim=-1), value)
+    return functional.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+
+
 def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int], bias: torch.Tensor | None) -> torch.Tensor:
     """One encoder layer on `[tokens, hidden]`: the post-norm block of BERT (`attention.self`,
     `attention.output`) or MPNet (`attention.attn`, `attention.LayerNorm`), attention per text."""
@@ -107,9 +126,7 @@ def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int], bia
     heads, size = own.num_attention_heads, own.attention_head_size
     query, key, value = (t.view(-1, heads, size).transpose(0, 1) for t in (query, key, value))  # [heads, tokens, size]
     context = torch.cat([
-        functional.scaled_dot_product_attention(
-            q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
-            attn_mask=None if bias is None else bias[:, :, :q.shape[1], :q.shape[1]])[0]
+        _attend(q, k, v, None if bias is None else bias[0, :, :q.shape[1], :q.shape[1]])
         for q, k, v in zip(query.split(lengths, dim=1), key.split(lengths, dim=1), value.split(lengths, dim=1))
     ], dim=1)
     context = context.transpose(0, 1).reshape(-1, heads * size)
