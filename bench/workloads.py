@@ -106,7 +106,7 @@ def compare(names: list[str], scale: float, rounds: int, dtype: str, original_dt
                             rows[target].append(await drive(call, requests, concurrency, kind, real_tokens,
                                                             targets.process(target)))
                         except Exception as exc:  # noqa: BLE001 - a peer that cannot serve it is a result
-                            rows[target].append({"error": " ".join(str(exc).split())[:200]})
+                            rows[target].append({"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"})
                 results[name] = {"padding_share": round(padding_share(requests, kind, tokenizer, concurrency), 3),
                                  "requests": len(requests), "concurrency": concurrency, "targets": rows}
         finally:
@@ -154,7 +154,7 @@ def summarise(results: dict, references: tuple[str, ...]) -> dict:
         rows = found["targets"]
         table[workload] = {"padding_share": found["padding_share"], "targets": {}}
         for target, runs in rows.items():
-            if failed := next((r["error"] for r in runs if "error" in r), None):
+            if (failed := next((r["error"] for r in runs if "error" in r), None)) is not None:
                 table[workload]["targets"][target] = {"error": failed}
                 continue
             summary = {key: (statistics.median(r[key] for r in runs) if runs[0][key] is not None else None)
