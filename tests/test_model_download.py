@@ -114,10 +114,10 @@ def test_a_cut_transfer_resumes_where_it_stopped(hub, places, tiny_embedder_path
 
 
 def test_a_stalled_transfer_is_retried_and_resumed(hub, places, tiny_embedder_path):
-    hub.add_fault(Fault(WEIGHTS, stall=3.0))
+    hub.add_fault(Fault(WEIGHTS, stall=8.0))
     started = time.monotonic()
     found = resolve_model(REPO, None, places, access=access(hub, timeout=4.0))  # reads time out after 1 s
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 6.0  # not waiting the stall out
     assert_same_files(found.path, tiny_embedder_path)
     assert weights_gets(hub)[1].range is not None
 
