@@ -21,6 +21,7 @@ from enum import Enum
 from pathlib import Path
 
 from embedding_worker.engine.model_sources.cache_layout import (
+    RepoFiles,
     find_snapshot,
     is_writable,
     read_file_list,
@@ -115,7 +116,7 @@ def resolve_model(
     return ResolvedModel(path, ModelSource.downloaded)
 
 
-def _file_list(repo_id: str, snapshot: Path, cache: Path, access: HubAccess):
+def _file_list(repo_id: str, snapshot: Path, cache: Path, access: HubAccess) -> RepoFiles | None:
     """The hub's list of the snapshot's files: written beside it at download, else asked of the
     hub briefly (and kept, where the cache is writable); None offline or when the hub is away."""
     listing = read_file_list(snapshot)
