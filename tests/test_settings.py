@@ -177,6 +177,13 @@ def test_model_download_timeout_must_be_positive(env):
         assert "MODEL_DOWNLOAD_TIMEOUT" in failure(env, MODEL_NAMES="a/b", MODEL_DOWNLOAD_TIMEOUT=bad)
 
 
+def test_memory_trim_interval_is_seconds_or_zero_for_never(env):
+    assert settings_from(env, MODEL_NAMES="a/b").memory_trim_interval == 5
+    assert settings_from(env, MEMORY_TRIM_INTERVAL="0").memory_trim_interval == 0
+    for bad in ("-0.1", "often", "[]"):
+        assert "MEMORY_TRIM_INTERVAL" in failure(env, MODEL_NAMES="a/b", MEMORY_TRIM_INTERVAL=bad)
+
+
 def test_model_prompts_by_name_or_in_order(env):
     by_name = settings_from(env, MODEL_NAMES="a/b;c/d", MODEL_PROMPTS='{"c/d": {"query": "query: "}}')
     assert [m.prompts for m in by_name.models] == [None, {"query": "query: "}]
