@@ -175,7 +175,9 @@ def markdown(results: dict) -> str:
                   "Ratios of requests/s within each round: the median, then every round's. Padding: the padded "
                   "positions a padded model computes for batches of the workload's texts (up to 32, sorted by "
                   "length as Infinity sorts them), over their real tokens; this worker's encoders compute on real "
-                  "tokens only.", "",
+                  "tokens only. Every server holds all three models (the embedder and both rerankers); peak RSS "
+                  "is the server's highest resident memory since it started, so a later row includes the "
+                  "earlier rows' peaks. Each round opens a new HTTP client (see `Targets.renew_client`).", "",
                   "| workload | padding | target | requests/s | tokens/s | p95 ms | vs Infinity's server (rounds) | "
                   "p95 vs Infinity | vs the original (rounds) | peak RSS |", "|---|---|---|---|---|---|---|---|---|---|"]
         def versus(row: dict, reference: str, bold: bool = False) -> str:
@@ -260,6 +262,20 @@ def markdown(results: dict) -> str:
                   f"images a request x {i['concurrency']} concurrent, {i['input']}. A real CLIP: "
                   f"{i['real_clip']}; this row measures the image path (decoding, preprocessing, batching), "
                   "not a real vision tower."]
+    if "hybrid" in results:
+        sparse, m3 = results["hybrid"]["sparse"], results["hybrid"]["bge_m3"]
+        lines += ["", "## Sparse and multi-vector", "",
+                  f"A SPLADE of splade-v3's shape (BERT-base masked LM), {sparse['texts']} documents of 20-200 words "
+                  f"at {sparse['dtype']}, in one call each, interleaved rounds: the worker (its service, through the "
+                  f"engine) **{sparse['ratio']}x** sentence-transformers' `SparseEncoder.encode` (rounds "
+                  f"{', '.join(map(str, sparse['ratio_by_round']))}; {sparse['worker_texts_per_s']} against "
+                  f"{sparse['sparse_encoder_texts_per_s']} texts/s); the first text's weights agree to cosine "
+                  f"{sparse['cosine_to_sparse_encoder']}.",
+                  "",
+                  f"A model of bge-m3's shape (XLM-R large), {m3['texts']} documents at {m3['dtype']}, the response "
+                  f"encoded as JSON: dense, sparse and multi-vector from one call cost **{m3['ratio']}x** the "
+                  f"dense-only call (rounds {', '.join(map(str, m3['ratio_by_round']))}; seconds {m3['seconds']}; "
+                  f"response bytes {m3['response_bytes']})."]
     if "gpu" in results:
         lines += ["", "## GPU", "", results["gpu"]]
     return "\n".join(lines) + "\n"

@@ -33,13 +33,15 @@ import images  # noqa: E402
 import load  # noqa: E402
 import serving_profile  # noqa: E402
 import quality  # noqa: E402
+import hybrid  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
 import workloads  # noqa: E402
 from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
-         "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "faults"]
+         "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "faults",
+         "hybrid"]
 
 
 def auto_dtype() -> str:
@@ -98,6 +100,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "workload profile": lambda: {"workload_profile": compute.workload_profile(auto_dtype())},
         "backends": lambda: {"backends": quality.backends(scale)},
         "images": lambda: {"images": images.images()},
+        "hybrid": lambda: {"hybrid": hybrid.hybrid(auto_dtype(), rounds, scale)},
         "faults": lambda: {"faults": faults.faults()},
     }
     return steps[step]()

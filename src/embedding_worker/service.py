@@ -23,6 +23,7 @@ from embedding_worker.api.schemas import (
     ImageInput,
     EmbeddingResponse,
     LabelScore,
+    SparseEmbedding,
     ModelCard,
     ModelList,
     ModelStats,
@@ -35,6 +36,8 @@ from embedding_worker.api.schemas import (
     Usage,
 )
 from embedding_worker.engine.deployed import DeployedModel
+from embedding_worker.engine.hybrid import DENSE, MULTI_VECTOR, SPARSE
+from embedding_worker.engine.hybrid.vectors import HybridVectors, Query
 from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.errors import InvalidRequest, NonFiniteOutput
 
@@ -52,32 +55,81 @@ class EmbeddingService:
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         model = self.registry.resolve(request.model)
         model.require("embed")
+        types = request.embedding_types or [model.embedding_types[0]]
+        _check_embedding_types(model, request, types)
         if request.dimensions is not None and model.embedding_dimension is not None:
             _check_dimensions(request.dimensions, model.embedding_dimension, model.name)
         prefix = model.prompts.prefix(model.name, request.input_type, request.prompt_name, request.prompt)
-        if request.has_images:
-            matrix, tokens = await self._mixed_vectors(model, request.input, prefix, request.truncate)
+        if model.embedding_types != (DENSE,) and not request.has_images:
+            outputs, tokens = await self._hybrid_outputs(model, request, prefix, types)
         else:
-            texts = [prefix + text for text in request.input] if prefix else request.input
-            if not request.truncate:
-                await self._refuse_long_inputs(model, texts)
-            await self.registry.start()
-            matrix, tokens = await self._vectors(model, texts)
+            if request.has_images:
+                matrix, tokens = await self._mixed_vectors(model, request.input, prefix, request.truncate)
+            else:
+                texts = [prefix + text for text in request.input] if prefix else request.input
+                if not request.truncate:
+                    await self._refuse_long_inputs(model, texts)
+                await self.registry.start()
+                matrix, tokens = await self._vectors(model, texts)
+            outputs = {DENSE: await self._dense_output(model, matrix, request)}
+        if request.embedding_types is None:
+            data = [Embedding.model_construct(embedding=vector, index=i) for i, vector in enumerate(outputs[types[0]])]
+        else:
+            data = [Embedding.model_construct(embeddings={t: outputs[t][i] for t in types}, index=i)
+                    for i in range(len(request.input))]
+        return EmbeddingResponse(model=model.name, data=data, usage=Usage.of(tokens))
+
+    async def _dense_output(self, model: DeployedModel, matrix: np.ndarray, request: EmbeddingRequest) -> list:
+        """One dense vector per row of `matrix`, cut to `dimensions` and in `encoding_format`."""
         if request.dimensions is not None:
             _check_dimensions(request.dimensions, matrix.shape[1], model.name)
             matrix = shorten(matrix, request.dimensions)
         if request.encoding_format in compact.INTEGER_FORMATS:
-            scale = await self._int8_scale(model, request.dimensions) if "int8" in request.encoding_format else None
-            embeddings = compact.quantize(matrix, request.encoding_format, scale).tolist()
-        elif request.encoding_format == "base64":
-            embeddings = [to_base64(vector) for vector in matrix]
-        else:
-            embeddings = matrix.tolist()
-        return EmbeddingResponse(
-            model=model.name,
-            data=[Embedding.model_construct(embedding=vector, index=i) for i, vector in enumerate(embeddings)],
-            usage=Usage.of(tokens),
-        )
+            scale = None
+            if "int8" in request.encoding_format:
+                scale = await self._int8_scale(model, DENSE, request.dimensions)
+            return compact.quantize(matrix, request.encoding_format, scale).tolist()
+        if request.encoding_format == "base64":
+            return [to_base64(vector) for vector in matrix]
+        return matrix.tolist()
+
+    async def _hybrid_outputs(self, model: DeployedModel, request: EmbeddingRequest, prefix: str,
+                              types: list[str]) -> tuple[dict[str, list], int]:
+        """Every asked type from one pass of a sparse or multi-vector model."""
+        texts = [prefix + text for text in request.input] if prefix else list(request.input)
+        if not request.truncate:
+            await self._refuse_long_inputs(model, texts)
+        if request.input_type in ("query", "search_query"):
+            texts = [Query(text) for text in texts]
+        await self.registry.start()
+        found, tokens = await self._hybrid_vectors(model, texts)
+        outputs: dict[str, list] = {}
+        if DENSE in types:
+            outputs[DENSE] = await self._dense_output(model, np.stack([v.dense for v in found]), request)
+        if SPARSE in types:
+            top_k = request.max_active_dims or model.sparse_top_k
+            outputs[SPARSE] = [_sparse(*v.sparse, top_k) for v in found]
+        if MULTI_VECTOR in types:
+            outputs[MULTI_VECTOR] = [await self._multi_vector_output(model, v.multi_vector, request.encoding_format)
+                                     for v in found]
+        return outputs, tokens
+
+    async def _hybrid_vectors(self, model: DeployedModel, texts: list[str]) -> tuple[list[HybridVectors], int]:
+        found, tokens = await self.registry.call(model, lambda: model.engine.embed(texts), len(texts))
+        for vectors in found:
+            for values in (vectors.dense, vectors.multi_vector, None if vectors.sparse is None else vectors.sparse[1]):
+                if values is not None:
+                    _require_finite(values, model)
+        return found, tokens
+
+    async def _multi_vector_output(self, model: DeployedModel, matrix: np.ndarray, encoding_format: str) -> list:
+        """One text's token vectors in `encoding_format`."""
+        if encoding_format in compact.INTEGER_FORMATS:
+            scale = await self._int8_scale(model, MULTI_VECTOR, None) if "int8" in encoding_format else None
+            return compact.quantize(matrix, encoding_format, scale).tolist()
+        if encoding_format == "base64":
+            return [to_base64(vector) for vector in matrix]
+        return matrix.tolist()
 
     async def _mixed_vectors(self, model: DeployedModel, items: list, prefix: str,
                              truncate: bool) -> tuple[np.ndarray, int]:
@@ -127,11 +179,17 @@ class EmbeddingService:
                     f"{model.max_input_tokens} (max_input_tokens); shorten it, or send truncate: true"
                 )
 
-    async def _int8_scale(self, model: DeployedModel, dimensions: int | None) -> float:
-        """The model's fixed int8 scale at `dimensions`, measured once (see `compact`)."""
-        key = dimensions or 0
+    async def _int8_scale(self, model: DeployedModel, kind: str, dimensions: int | None) -> float:
+        """The model's fixed int8 scale for one embedding type at `dimensions`, measured once
+        (see `compact`): on dense vectors, or on the token vectors of multi-vector ones."""
+        key = (kind, dimensions or 0)
         if key not in model.int8_scales:
-            calibration, _ = await self._vectors(model, compact.CALIBRATION_TEXTS)
+            if model.embedding_types == (DENSE,):
+                calibration, _ = await self._vectors(model, compact.CALIBRATION_TEXTS)
+            else:
+                found, _ = await self._hybrid_vectors(model, compact.CALIBRATION_TEXTS)
+                calibration = (np.stack([v.dense for v in found]) if kind == DENSE
+                               else np.concatenate([v.multi_vector for v in found]))
             if dimensions is not None:
                 calibration = shorten(calibration, dimensions)
             model.int8_scales[key] = compact.int8_scale(calibration)
@@ -151,6 +209,8 @@ class EmbeddingService:
         model = self.registry.resolve(request.model)
         model.require("rerank")
         await self.registry.start()
+        if model.late_interaction:
+            return await self._rerank_by_maxsim(model, request, document_objects)
         ranked, tokens = await self.registry.call(
             model,
             lambda: model.engine.rerank(
@@ -168,6 +228,26 @@ class EmbeddingService:
             )
             for item in ranked[: request.top_n]
         ]
+        return RerankResponse(model=model.name, results=results, usage=Usage.of(tokens))
+
+    async def _rerank_by_maxsim(self, model: DeployedModel, request: RerankRequest,
+                                document_objects: bool) -> RerankResponse:
+        """A ColBERT's rerank, as PyLate's `rank.rerank`: the query's and the documents' token
+        vectors from one engine call; each score the sum over query tokens of the best dot
+        product with any document token. As there, the documents are padded with zero
+        vectors to the longest one, so a shorter document's best is never below 0."""
+        query = model.prompts.prefix(model.name, "query", None, None) + request.query
+        document_prefix = model.prompts.prefix(model.name, "document", None, None)
+        texts = [Query(query), *(document_prefix + doc for doc in request.docs)]
+        found, tokens = await self._hybrid_vectors(model, texts)
+        query_vectors, documents = found[0].multi_vector, [v.multi_vector for v in found[1:]]
+        longest = max(len(d) for d in documents)
+        scores = np.array([np.maximum((query_vectors @ d.T).max(axis=1), 0 if len(d) < longest else -np.inf).sum()
+                           for d in documents], dtype=np.float32)
+        order = np.argsort(-scores, kind="stable")[: request.top_n]
+        results = [RerankResult(index=int(i), relevance_score=float(scores[i]),
+                                document=_document(request.docs[i], document_objects) if request.return_docs else None)
+                   for i in order]
         return RerankResponse(model=model.name, results=results, usage=Usage.of(tokens))
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResponse:
@@ -212,6 +292,7 @@ def _card(model: DeployedModel) -> ModelCard:
             max_input_tokens=model.max_input_tokens,
             prompts=model.prompts.names if "embed" in model.capabilities else None,
             modalities=(["text", "image"] if "image_embed" in model.capabilities else ["text"]),
+            embedding_types=list(model.embedding_types) if "embed" in model.capabilities else None,
         ),
     )
 
@@ -225,6 +306,32 @@ def _require_finite(values: np.ndarray, model: DeployedModel) -> None:
     if not np.isfinite(values).all():
         advice = "; its precision is too narrow for it: deploy it with DTYPES=float32" if model.dtype != "float32" else ""
         raise NonFiniteOutput(f"model {model.name!r} computed NaN or infinity for this input at {model.dtype}{advice}")
+
+
+def _check_embedding_types(model: DeployedModel, request: EmbeddingRequest, types: list[str]) -> None:
+    """Each asked type, format and option must fit the model and each other: one line if not."""
+    gives = ", ".join(model.embedding_types)
+    for kind in types:
+        if kind not in model.embedding_types:
+            raise InvalidRequest(f"embedding_types: model {model.name!r} cannot give {kind} embeddings; "
+                                 f"it gives: {gives}")
+    if request.encoding_format != "float" and types == [SPARSE]:
+        raise InvalidRequest(f"encoding_format: {request.encoding_format} applies to dense and multi_vector "
+                             "embeddings; sparse ones come as float weights: send encoding_format float")
+    if request.dimensions is not None and DENSE not in types:
+        raise InvalidRequest(f"dimensions: applies to dense embeddings only; this request asks for {', '.join(types)} "
+                             f"(model {model.name!r} gives: {gives})")
+    if request.max_active_dims is not None and SPARSE not in types:
+        raise InvalidRequest(f"max_active_dims: applies to sparse embeddings only; this request asks for "
+                             f"{', '.join(types)} (model {model.name!r} gives: {gives})")
+
+
+def _sparse(indices: np.ndarray, values: np.ndarray, top_k: int | None) -> SparseEmbedding:
+    """Non-zero weights by token id ascending; the `top_k` largest only, where asked."""
+    if top_k is not None and len(values) > top_k:
+        keep = np.sort(np.argsort(-values, kind="stable")[:top_k])
+        indices, values = indices[keep], values[keep]
+    return SparseEmbedding.model_construct(indices=indices.tolist(), values=values.tolist())
 
 
 def _check_dimensions(dimensions: int, model_dimension: int, model_name: str) -> None:

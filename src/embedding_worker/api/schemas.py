@@ -165,6 +165,7 @@ def _embedding_items(value: Any, limits: RequestLimits, modality: str) -> list[s
 
 
 EncodingFormat = Literal["float", "base64", "int8", "uint8", "binary", "ubinary"]
+EmbeddingType = Literal["dense", "sparse", "multi_vector"]
 InputType = Literal["query", "document", "search_query", "search_document", "passage"]
 PROMPT_FIELDS = ("input_type", "prompt_name", "prompt")
 
@@ -181,6 +182,26 @@ class EmbeddingRequest(_Request):
     prompt: str | None = None  # a raw prefix
     truncate: StrictBool = True  # false: fail instead of cutting inputs past max_input_tokens
     user: str | None = None  # accepted and ignored, as OpenAI clients send it
+    # which outputs, keyed in `data[i].embeddings`; none: the model's own in `data[i].embedding`
+    embedding_types: list[EmbeddingType] | None = None
+    max_active_dims: StrictInt | None = Field(default=None, ge=1)  # sparse: keep the k largest weights
+
+    @field_validator("embedding_types", mode="before")
+    @classmethod
+    def _embedding_types(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("must name at least one of dense, sparse, multi_vector")
+            for item in value:
+                if item not in ("dense", "sparse", "multi_vector"):
+                    shown = repr(item) if isinstance(item, str) else json_type(item)
+                    raise ValueError(f"{shown} is not an embedding type; the types: dense, sparse, multi_vector")
+            return list(dict.fromkeys(value))
+        if value is not None:
+            raise ValueError(f"must be a string or a list of strings, got {json_type(value)}")
+        return value
 
     @field_validator("input", mode="before")
     @classmethod
@@ -267,10 +288,23 @@ class Usage(BaseModel):
         return cls(prompt_tokens=tokens, total_tokens=tokens)
 
 
+class SparseEmbedding(BaseModel):
+    """Non-zero weights only, by token id (ascending): what vector databases store as sparse."""
+
+    indices: list[int]
+    values: list[float]
+
+
+# floats; integers for int8, uint8, binary and ubinary; base64 of little-endian float32
+DenseVector = list[int] | list[float] | str
+# sparse: an object; multi-vector: one dense vector per token
+AnyEmbedding = DenseVector | SparseEmbedding | list[DenseVector]
+
+
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
-    # floats; integers for int8, uint8, binary and ubinary; base64 of little-endian float32
-    embedding: list[int] | list[float] | str
+    embedding: AnyEmbedding | None = None  # the model's own output type
+    embeddings: dict[str, AnyEmbedding] | None = None  # keyed by the request's embedding_types
     index: int
 
 
@@ -342,6 +376,7 @@ class ModelStats(BaseModel):
     max_input_tokens: int | None = None  # longer inputs are truncated to this
     prompts: list[str] | None = None  # embedders: the prompt names `prompt_name` takes
     modalities: list[str]  # what `input` may hold: ["text"], or ["text", "image"] (CLIP-style)
+    embedding_types: list[str] | None = None  # embedders: what `embedding_types` may ask, the default first
 
 
 class ModelCard(BaseModel):

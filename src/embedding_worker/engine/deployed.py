@@ -27,7 +27,9 @@ class DeployedModel:
     prompts: ModelPrompts = field(default_factory=ModelPrompts)
     architecture: str = "unknown"
     tokenizer: Any = None  # a copy of the model's tokenizer, for counting and `tokenize`
-    int8_scales: dict[int, float] = field(default_factory=dict)  # per dimensions (compact.int8_scale)
+    int8_scales: dict[tuple[str, int], float] = field(default_factory=dict)  # per type and dimensions
+    embedding_types: tuple[str, ...] = ("dense",)  # what `embedding_types` may ask; the first is the default
+    sparse_top_k: int | None = None  # the model's own cap on non-zero sparse weights (max_active_dims)
     health: EngineHealth = field(init=False)
     _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -46,8 +48,13 @@ class DeployedModel:
         return self.spec.name
 
     @property
+    def late_interaction(self) -> bool:
+        """A ColBERT: multi-vector only, and it reranks by MaxSim."""
+        return self.embedding_types == ("multi_vector",)
+
+    @property
     def capabilities(self) -> frozenset[str]:
-        return frozenset(self.engine.capabilities)
+        return frozenset(self.engine.capabilities) | ({"rerank"} if self.late_interaction else set())
 
     def require(self, capability: str) -> None:
         if capability not in self.capabilities:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hardware import Hardware, choose_dtype, model_config
+from embedding_worker.engine.hybrid import DENSE, detect, hybrid_engine
 from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, private_tokenizer, self_test
 from embedding_worker.engine.model_sources import ModelLocations, resolve_model
 from embedding_worker.engine.model_sources.hub import HubAccess
@@ -44,25 +45,30 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
                           access=HubAccess.from_environment(options.download_timeout))
     path = found.path
     dtype = choose_dtype(spec.dtype, hardware, path, spec.backend.value, spec.name)
+    layout = detect(path)
+    if layout is not None and spec.backend is not Backend.torch:
+        raise ModelLoadError(f"model {spec.source!r} gives {', '.join(layout.types)} embeddings, which only "
+                             f"BACKEND=torch serves; it was asked for {spec.backend.value}")
     try:
         if onnx:
             fix_infinity_onnx_lookup()
             path = ensure_onnx(path, locations.download_cache.parent, quantized=options.onnx_quantized)
-        engine = AsyncEmbeddingEngine.from_args(
-            EngineArgs(
-                model_name_or_path=str(path),
-                pooling_method=pooling_method(path),  # read by the ONNX backend only
-                onnx_do_not_prefer_quantized=not options.onnx_quantized,
-                trust_remote_code=options.trust_remote_code,
-                served_model_name=spec.name,
-                batch_size=spec.batch_size,
-                engine=spec.backend.value,
-                device=hardware.device,
-                dtype=dtype,
-                lengths_via_tokenize=True,  # usage counts tokens, not characters
-                model_warmup=False,  # a warm-up costs seconds of cold start and buys nothing here
-            )
+        args = EngineArgs(
+            model_name_or_path=str(path),
+            pooling_method=pooling_method(path),  # read by the ONNX backend only
+            onnx_do_not_prefer_quantized=not options.onnx_quantized,
+            trust_remote_code=options.trust_remote_code,
+            served_model_name=spec.name,
+            batch_size=spec.batch_size,
+            engine=spec.backend.value,
+            device=hardware.device,
+            dtype=dtype,
+            lengths_via_tokenize=True,  # usage counts tokens, not characters
+            model_warmup=False,  # a warm-up costs seconds of cold start and buys nothing here
         )
+        engine = AsyncEmbeddingEngine.from_args(args) if layout is None else hybrid_engine(layout, args)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any load failure ends start-up with one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"could not load model {spec.source!r}: {reason}") from exc
@@ -79,7 +85,8 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
             from embedding_worker.engine.cpu_kernels import pack_linear_layers
             from embedding_worker.engine.real_tokens import compute_on_real_tokens
 
-            packed, encoders = pack_linear_layers(replica), compute_on_real_tokens(replica)
+            packed = pack_linear_layers(replica)
+            encoders = compute_on_real_tokens(replica) if getattr(replica, "real_tokens_safe", True) else 0
             log.info("model %r: %d linear layers packed for oneDNN%s", spec.name, packed,
                      "; computes on real tokens only" if encoders else "")
     config = model_config(found.path)
@@ -110,6 +117,8 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         prompts=read_model_prompts(found.path, spec.prompts),
         architecture=architecture,
         tokenizer=private_tokenizer(replicas[0]) if replicas else None,
+        embedding_types=layout.types if layout is not None else (DENSE,),
+        sparse_top_k=getattr(layout, "max_active_dims", None),
     )
 
 
@@ -121,8 +130,8 @@ def _describe(engine: AsyncEmbeddingEngine) -> tuple[int | None, int | None]:
     """
     replicas = getattr(engine, "_model_replicas", None) or [None]
     model = replicas[0]
-    dimension = None
-    if "embed" in engine.capabilities:
+    dimension = getattr(model, "dimension", None)  # sparse and multi-vector encoders
+    if dimension is None and "embed" in engine.capabilities:
         get_dimension = getattr(model, "get_sentence_embedding_dimension", None)
         dimension = get_dimension() if callable(get_dimension) else None
     max_tokens = getattr(model, "max_seq_length", None) or getattr(model, "max_length", None) or getattr(

@@ -48,7 +48,8 @@ def compute_on_real_tokens(model: Any) -> int:
     swapped = 0
     for root in torch_modules(model):
         for module in root.modules():
-            if type(module).__name__ in ENCODERS and _supported(module):
+            swappable = type(module).__name__ in ENCODERS and "_padded_forward" not in vars(module)
+            if swappable and _supported(module):  # once, though a model object holds it twice
                 module._padded_forward = module.forward
                 module.forward = types.MethodType(_forward, module)
                 swapped += 1
