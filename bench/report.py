@@ -262,6 +262,13 @@ def markdown(results: dict) -> str:
                   f"images a request x {i['concurrency']} concurrent, {i['input']}. A real CLIP: "
                   f"{i['real_clip']}; this row measures the image path (decoding, preprocessing, batching), "
                   "not a real vision tower."]
+    if "audio" in results:
+        a = results["audio"]
+        lines += ["", "## Audio", "",
+                  f"{a['model']}: **{a['clips_per_s']} clips/s** through the worker's service, {a['per_request']} "
+                  f"clips a request x {a['concurrency']} concurrent, {a['input']}. A real CLAP: {a['real_clap']}; "
+                  "this row measures the audio path (decoding, resampling, features, batching), not a real audio "
+                  "tower."]
     if "hybrid" in results:
         sparse, m3 = results["hybrid"]["sparse"], results["hybrid"]["bge_m3"]
         lines += ["", "## Sparse and multi-vector", "",

@@ -29,7 +29,7 @@ import batching  # noqa: E402
 import cold_start  # noqa: E402
 import faults  # noqa: E402
 import compute  # noqa: E402
-import images  # noqa: E402
+import media  # noqa: E402
 import load  # noqa: E402
 import serving_profile  # noqa: E402
 import quality  # noqa: E402
@@ -40,8 +40,8 @@ import workloads  # noqa: E402
 from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
-         "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "faults",
-         "hybrid"]
+         "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "audio",
+         "faults", "hybrid"]
 
 
 def auto_dtype() -> str:
@@ -99,7 +99,8 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "attention": lambda: {"attention": compute.attention(auto_dtype())},
         "workload profile": lambda: {"workload_profile": compute.workload_profile(auto_dtype())},
         "backends": lambda: {"backends": quality.backends(scale)},
-        "images": lambda: {"images": images.images()},
+        "images": lambda: {"images": media.images()},
+        "audio": lambda: {"audio": media.audio()},
         "hybrid": lambda: {"hybrid": hybrid.hybrid(auto_dtype(), rounds, scale)},
         "faults": lambda: {"faults": faults.faults()},
     }

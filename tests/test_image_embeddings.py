@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
 import tiny_families
 from conftest import EMBEDDER_ID, start_worker
-from embedding_worker import images as images_module
+from file_server import serve_files
+from embedding_worker.media import fetch as fetch_module
+from embedding_worker.media import images as images_module
 
 TEXTS = ["the cat", "a dog on the mat", "the " * 30 + "cat"]  # the last runs past 20 tokens
 
@@ -36,36 +36,16 @@ def data_uri(seed: int) -> str:
     return "data:image/png;base64," + base64.b64encode(png(seed)).decode()
 
 
-class Files(BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, dict, bytes]] = {}
-
-    def do_GET(self) -> None:  # noqa: N802
-        status, headers, body = self.routes.get(self.path, (404, {}, b"not found"))
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def image_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    Files.routes = {
+    with serve_files({
         "/cat.png": (200, {"Content-Type": "image/png"}, png(7)),
         "/big.png": (200, {"Content-Type": "image/png"}, png(8, size=400)),
         "/notes.txt": (200, {"Content-Type": "text/plain"}, b"not an image at all"),
         "/moved": (302, {"Location": "/cat.png"}, b""),
         "/to-metadata": (302, {"Location": "http://169.254.169.254/latest/meta-data/"}, b""),
-    }
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield base
-    server.shutdown()
+    }) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -189,11 +169,11 @@ def test_bad_images_fail_in_one_line_and_the_worker_serves_on(served, image_serv
 def test_images_at_the_per_request_bound_and_bad_item_shapes(served):
     assert len(served.run({"model": "clip", "input": [{"image": data_uri(1)}] * 4})["data"]) == 4
     assert served.run({"model": "clip", "modality": "video", "input": ["x"]}) == {
-        "error": "modality: Input should be 'text' or 'image'"}
+        "error": "modality: Input should be 'text', 'image' or 'audio'"}
     assert served.run({"model": "clip", "input": [{"image": 7}]}) == {
         "error": "input: item 0: image must be a non-empty string"}
     assert served.run({"model": "clip", "input": [{"image": "x", "text": "y"}]})["error"].startswith(
-        'input: item 0 must be a string, {"text": ...} or {"image": ...}')
+        'input: item 0 must be a string, {"text": ...}, {"image": ...} or {"audio": ...}')
     assert served.run({"model": "clip", "modality": "image", "input": [""]}) == {
         "error": "input: item 0: image must be a non-empty string"}
 
@@ -220,8 +200,8 @@ def test_private_addresses_are_refused_by_default(strict, image_server):
 def test_a_redirect_from_an_allowed_host_to_a_private_one_is_refused(strict, image_server, monkeypatch):
     # Treat the loopback test server as if it were public; the metadata address it redirects
     # to is refused before any connection is made.
-    original = images_module.refused_address
-    monkeypatch.setattr(images_module, "refused_address", lambda address: address != "127.0.0.1" and original(address))
+    original = fetch_module.refused_address
+    monkeypatch.setattr(fetch_module, "refused_address", lambda address: address != "127.0.0.1" and original(address))
     assert "data" in strict.run({"model": "clip", "input": [{"image": image_server + "/cat.png"}]})
     output = strict.run({"model": "clip", "input": [{"image": image_server + "/to-metadata"}]})
     assert output["error"].startswith("input: item 0: the host '169.254.169.254' resolves to a private or local "
@@ -234,7 +214,7 @@ def test_a_redirect_from_an_allowed_host_to_a_private_one_is_refused(strict, ima
     ("::ffff:127.0.0.1", True), ("0.0.0.0", True), ("93.184.216.34", False), ("2606:4700::1111", False),
 ])
 def test_refused_ranges(address, refused):
-    assert images_module.refused_address(address) is refused
+    assert fetch_module.refused_address(address) is refused
 
 
 def test_a_decompression_bomb_is_refused_before_decoding():
@@ -242,5 +222,5 @@ def test_a_decompression_bomb_is_refused_before_decoding():
 
     buffer = io.BytesIO()
     Image.new("L", (9000, 9000)).save(buffer, format="PNG")  # 81 megapixels in a few kilobytes
-    with pytest.raises(images_module.ImageError, match="the image has 9000x9000 pixels; the limit is 40000000"):
+    with pytest.raises(fetch_module.MediaError, match="the image has 9000x9000 pixels; the limit is 40000000"):
         images_module.decode(buffer.getvalue(), 40_000_000)

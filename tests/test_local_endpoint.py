@@ -142,6 +142,28 @@ def test_litellm_cohere_rerank(endpoint, cross_encoder, monkeypatch):
     assert results[0]["document"]["text"] == docs[int(np.argmax(scores))]
 
 
+def test_litellm_infinity_rerank_and_embeddings(endpoint, cross_encoder, sentence_transformer, monkeypatch):
+    """LiteLLM's infinity/ provider calls Infinity's un-versioned routes and reads its string
+    documents; the same api_base as cohere/ above, neither broken."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    docs = ["Paris is in France", "Rome is in Italy"]
+    response = litellm.rerank(model=f"infinity/{RERANKER_ID}", query="Where is Paris?", documents=docs,
+                              return_documents=True, api_base=f"{endpoint}/openai", api_key=API_KEY)
+    scores = cross_encoder.predict([("Where is Paris?", d) for d in docs])
+    assert [r["index"] for r in response.results] == list(np.argsort(-scores))
+    assert response.results[0]["document"]["text"] == docs[int(np.argmax(scores))]
+    raw = httpx.post(f"{endpoint}/openai/rerank", headers={"Authorization": f"Bearer {API_KEY}"},
+                     json={"model": RERANKER_ID, "query": "Where is Paris?", "documents": docs,
+                           "return_documents": True}).json()
+    assert {r["document"] for r in raw["results"]} == set(docs)  # Infinity's shape: strings
+    embedded = litellm.embedding(model=f"infinity/{EMBEDDER_ID}", input=TEXTS, api_base=f"{endpoint}/openai",
+                                 api_key=API_KEY)
+    got = np.array([item["embedding"] for item in embedded.data])
+    assert np.abs(got - expected(sentence_transformer, TEXTS)).max() < 1e-4
+
+
 def test_unknown_openai_paths_answer_an_openai_error(endpoint):
     headers = {"Authorization": f"Bearer {API_KEY}"}
     reply = httpx.post(f"{endpoint}/openai/v1/chat/completions", json={"model": "x"}, headers=headers)

@@ -12,7 +12,7 @@ VARIABLES = ["MODEL_NAMES", "SERVED_MODEL_NAMES", "BATCH_SIZES", "DTYPES", "BACK
              "MAX_EMBED_INPUTS", "MAX_RERANK_DOCS", "MAX_INPUT_CHARS", "MODEL_REVISIONS",
              "BAKED_HF_CACHE", "RUNPOD_VOLUME_DIR", "ONNX_QUANTIZED", "TRUST_REMOTE_CODE", "DEVICE",
              "MODEL_PROMPTS", "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
-             "IMAGE_FETCH_TIMEOUT", "ALLOW_PRIVATE_URLS", "PACK_CPU_WEIGHTS"]
+             "IMAGE_FETCH_TIMEOUT", "ALLOW_PRIVATE_URLS", "PACK_CPU_WEIGHTS", "MAX_AUDIO_SECONDS"]
 
 
 @pytest.fixture
@@ -75,12 +75,14 @@ def test_model_revisions_align_with_models(env):
 def test_limits_are_configurable(env):
     settings = settings_from(env, MODEL_NAMES="a/b", MAX_EMBED_INPUTS="4", MAX_RERANK_DOCS="5",
                              MAX_INPUT_CHARS="6", MAX_IMAGES_PER_REQUEST="7", MAX_IMAGE_BYTES="8",
-                             MAX_IMAGE_PIXELS="9", IMAGE_FETCH_TIMEOUT="1.5", ALLOW_PRIVATE_URLS="true")
+                             MAX_IMAGE_PIXELS="9", IMAGE_FETCH_TIMEOUT="1.5", ALLOW_PRIVATE_URLS="true",
+                             MAX_AUDIO_SECONDS="2.5")
     assert settings.limits.model_dump() == {
         "max_embed_inputs": 4, "max_rerank_docs": 5, "max_input_chars": 6, "max_images": 7
     }
-    limits = settings.image_limits
-    assert (limits.max_bytes, limits.max_pixels, limits.fetch_timeout, limits.allow_private_urls) == (8, 9, 1.5, True)
+    limits = settings.media_limits
+    assert (limits.max_bytes, limits.max_pixels, limits.fetch_timeout, limits.allow_private_urls,
+            limits.max_audio_seconds) == (8, 9, 1.5, True, 2.5)
 
 
 def test_lists_empty_entries_and_broadcast(env):
@@ -130,6 +132,7 @@ CASES = {
     "duplicate aliases": ({"SERVED_MODEL_NAMES": "x;x"}, "served model names must be unique; repeated: x"),
     "duplicate models": ({"MODEL_NAMES": "a/b;a/b"}, "served model names must be unique; repeated: a/b"),
     "limit not positive": ({"MAX_EMBED_INPUTS": "0"}, "MAX_EMBED_INPUTS: 0 is not positive"),
+    "audio seconds not positive": ({"MAX_AUDIO_SECONDS": "0"}, "MAX_AUDIO_SECONDS: 0.0 is not positive"),
     "limit not a number": ({"MAX_INPUT_CHARS": "many"}, "MAX_INPUT_CHARS: 'many': Input should be a valid integer"),
     "PACK_CPU_WEIGHTS not a boolean": ({"PACK_CPU_WEIGHTS": "maybe"},
                                        "PACK_CPU_WEIGHTS: Input should be a valid boolean"),

@@ -141,3 +141,37 @@ def clip(folder: Path) -> Path:
     )
     CLIPModel(config).eval().save_pretrained(folder)
     return folder
+
+
+def clap(folder: Path) -> Path:
+    """A CLAP with 2-layer RoBERTa text and HTSAT audio towers, a byte-level BPE in RoBERTa's
+    vocab.json / merges.txt format and a 16-mel, 1-second feature extractor at 48 kHz."""
+    import json
+
+    import torch
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    characters = list(bytes_to_unicode().values())
+    merges = [("Ġ", "t"), ("Ġt", "h"), ("Ġth", "e"), ("Ġ", "c"), ("Ġc", "a"), ("Ġca", "t"), ("Ġ", "d")]
+    vocab = specials + characters + ["".join(m) for m in merges]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tokenizer = RobertaTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    features = ClapFeatureExtractor(feature_size=16, sampling_rate=48000, hop_length=480, max_length_s=1,
+                                    fft_window_size=1024, truncation="rand_trunc", padding="repeatpad")
+    ClapProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(folder)
+    torch.manual_seed(3)
+    config = ClapConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 66, "pad_token_id": 1,
+                     "projection_dim": 16},
+        audio_config={"num_mel_bins": 16, "spec_size": 64, "window_size": 4, "patch_size": 2, "patch_stride": 2,
+                      "patch_embeds_hidden_size": 16, "depths": [1, 1], "num_attention_heads": [2, 2],
+                      "hidden_size": 32, "projection_dim": 16, "enable_fusion": False},
+        projection_dim=16,
+    )
+    ClapModel(config).eval().save_pretrained(folder)
+    return folder

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from functools import partial
 
 import numpy as np
 
 from embedding_worker import compact
-from embedding_worker.images import ImageLimits, load_images
+from embedding_worker.media.audio import load_audio
+from embedding_worker.media.fetch import MediaLimits
+from embedding_worker.media.images import load_images
 from embedding_worker.api.schemas import (
+    AudioInput,
     Classification,
     ClassifyRequest,
     ClassifyResponse,
@@ -43,9 +47,9 @@ from embedding_worker.errors import InvalidRequest, NonFiniteOutput
 
 
 class EmbeddingService:
-    def __init__(self, registry: EngineRegistry, image_limits: ImageLimits | None = None) -> None:
+    def __init__(self, registry: EngineRegistry, media_limits: MediaLimits | None = None) -> None:
         self.registry = registry
-        self.image_limits = image_limits or ImageLimits()
+        self.media_limits = media_limits or MediaLimits()
 
     def is_classifier(self, model_name: str) -> bool:
         """Whether a standard `{"model", "input"}` job to this model means classification."""
@@ -60,10 +64,10 @@ class EmbeddingService:
         if request.dimensions is not None and model.embedding_dimension is not None:
             _check_dimensions(request.dimensions, model.embedding_dimension, model.name)
         prefix = model.prompts.prefix(model.name, request.input_type, request.prompt_name, request.prompt)
-        if model.embedding_types != (DENSE,) and not request.has_images:
+        if model.embedding_types != (DENSE,) and not request.has_media:
             outputs, tokens = await self._hybrid_outputs(model, request, prefix, types)
         else:
-            if request.has_images:
+            if request.has_media:
                 matrix, tokens = await self._mixed_vectors(model, request.input, prefix, request.truncate)
             else:
                 texts = [prefix + text for text in request.input] if prefix else request.input
@@ -133,29 +137,42 @@ class EmbeddingService:
 
     async def _mixed_vectors(self, model: DeployedModel, items: list, prefix: str,
                              truncate: bool) -> tuple[np.ndarray, int]:
-        """Texts through the model's text tower, images through its image tower (one space for
-        CLIP-style models), back in input order; usage counts the text tokens."""
-        images = {i: item.image for i, item in enumerate(items) if isinstance(item, ImageInput)}
-        if "image_embed" not in model.capabilities:
-            can_do = ", ".join(sorted(model.capabilities))
-            raise InvalidRequest(f"input: item {next(iter(images))} is an image; model {model.name!r} takes text "
-                                 f"only (it supports: {can_do})")
-        texts = {i: prefix + item for i, item in enumerate(items) if not isinstance(item, ImageInput)}
+        """Texts through the model's text tower, images or audio through its other tower (one
+        space for CLIP- and CLAP-style models), back in input order; usage counts the text
+        tokens."""
+        media: dict[str, dict[int, str]] = {"image": {}, "audio": {}}
+        for i, item in enumerate(items):
+            if isinstance(item, ImageInput):
+                media["image"][i] = item.image
+            elif isinstance(item, AudioInput):
+                media["audio"][i] = item.audio
+        for kind, found in media.items():
+            if found and f"{kind}_embed" not in model.capabilities:
+                can_do = ", ".join(sorted(model.capabilities))
+                other = "images" if "image_embed" in model.capabilities else "audio" \
+                    if "audio_embed" in model.capabilities else None
+                takes = f"text and {other}" if other else "text"
+                raise InvalidRequest(f"input: item {next(iter(found))} is {'an image' if kind == 'image' else 'audio'}; "
+                                     f"model {model.name!r} takes {takes} only (it supports: {can_do})")
+        texts = {i: prefix + item for i, item in enumerate(items) if isinstance(item, str)}
         if texts and not truncate:
             await self._refuse_long_inputs(model, list(texts.values()))
-        pictures = await load_images(images, self.image_limits)
+        loaded = await load_images(media["image"], self.media_limits) if media["image"] else {}
+        clips = await load_audio(media["audio"], self.media_limits, _sampling_rate(model)) if media["audio"] else {}
         await self.registry.start()
         rows: dict[int, np.ndarray] = {}
         tokens = 0
         if texts:
             text_vectors, tokens = await self._vectors(model, list(texts.values()))
             rows.update(zip(texts, text_vectors))
-        picture_list = list(pictures.values())
-        vectors, _ = await self.registry.call(model, lambda: model.engine.image_embed(images=picture_list),
-                                              len(picture_list))
-        image_vectors = np.asarray(vectors, dtype=np.float32)
-        _require_finite(image_vectors, model)
-        rows.update(zip(pictures, image_vectors))
+        for found, embed in ((loaded, lambda batch: model.engine.image_embed(images=batch)),
+                             (clips, lambda batch: model.engine.audio_embed(audios=batch))):
+            if found:
+                batch = list(found.values())
+                vectors, _ = await self.registry.call(model, partial(embed, batch), len(batch))
+                matrix = np.asarray(vectors, dtype=np.float32)
+                _require_finite(matrix, model)
+                rows.update(zip(found, matrix))
         matrix = np.stack([rows[i] for i in range(len(items))])
         model.embedding_dimension = matrix.shape[1]
         return matrix, tokens
@@ -291,7 +308,7 @@ def _card(model: DeployedModel) -> ModelCard:
             embedding_dimension=model.embedding_dimension,
             max_input_tokens=model.max_input_tokens,
             prompts=model.prompts.names if "embed" in model.capabilities else None,
-            modalities=(["text", "image"] if "image_embed" in model.capabilities else ["text"]),
+            modalities=["text", *(kind for kind in ("image", "audio") if f"{kind}_embed" in model.capabilities)],
             embedding_types=list(model.embedding_types) if "embed" in model.capabilities else None,
         ),
     )
@@ -306,6 +323,11 @@ def _require_finite(values: np.ndarray, model: DeployedModel) -> None:
     if not np.isfinite(values).all():
         advice = "; its precision is too narrow for it: deploy it with DTYPES=float32" if model.dtype != "float32" else ""
         raise NonFiniteOutput(f"model {model.name!r} computed NaN or infinity for this input at {model.dtype}{advice}")
+
+
+def _sampling_rate(model: DeployedModel) -> int:
+    """The rate a CLAP-style model's feature extractor takes (Infinity's replica knows it)."""
+    return model.engine._model_replicas[0].sampling_rate
 
 
 def _check_embedding_types(model: DeployedModel, request: EmbeddingRequest, types: list[str]) -> None:

@@ -16,7 +16,7 @@ from embedding_worker.engine.cpu_quota import available_cpus, limit_threads
 from embedding_worker.engine.cpu_memory import bound_kernel_caches
 from embedding_worker.errors import SettingsError
 from embedding_worker.engine.hardware import Device
-from embedding_worker.images import ImageLimits
+from embedding_worker.media.fetch import MediaLimits
 from embedding_worker.prompts import parse_model_prompts
 from embedding_worker.api.schemas import RequestLimits
 
@@ -80,6 +80,7 @@ class WorkerSettings(BaseSettings):
     max_image_bytes: int = 10 * 2**20
     max_image_pixels: int = 40_000_000
     image_fetch_timeout: float = 10.0
+    max_audio_seconds: float = 60.0  # longer audio clips are refused
     allow_private_urls: bool = False  # fetch image URLs on loopback and private networks too
     onnx_quantized: bool = False
     trust_remote_code: bool = False  # runs code from the model repository: opt in per deployment
@@ -132,6 +133,7 @@ class WorkerSettings(BaseSettings):
         "max_image_bytes",
         "max_image_pixels",
         "image_fetch_timeout",
+        "max_audio_seconds",
         "model_download_timeout",
     )
     @classmethod
@@ -217,9 +219,10 @@ class WorkerSettings(BaseSettings):
         )
 
     @property
-    def image_limits(self) -> ImageLimits:
-        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
-                           fetch_timeout=self.image_fetch_timeout, allow_private_urls=self.allow_private_urls)
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
+                           fetch_timeout=self.image_fetch_timeout, allow_private_urls=self.allow_private_urls,
+                           max_audio_seconds=self.max_audio_seconds)
 
     def export_engine_environment(self) -> None:
         """Set the variables Infinity and the math libraries read when first imported."""

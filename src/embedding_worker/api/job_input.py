@@ -43,6 +43,10 @@ OPENAI_ROUTES = {
     route.value: route for route in (Route.models, Route.embeddings, Route.rerank, Route.classify, Route.tokenize)
 }
 OPENAI_ROUTES["/v2/rerank"] = Route.rerank  # Cohere's v2 rerank: the same body and answer
+# Infinity's own server's un-versioned routes (what LiteLLM's infinity/ provider calls):
+# the same bodies; its rerank answers documents as strings, not Cohere's {"text"}
+INFINITY_ROUTES = {"/rerank": Route.rerank, "/embeddings": Route.embeddings}
+OPENAI_ROUTES.update(INFINITY_ROUTES)
 TASKS = {"tokenize": Route.tokenize}  # standard jobs that name their task
 SCHEMAS: dict[Route, type[BaseModel]] = {
     Route.embeddings: EmbeddingRequest,
@@ -58,15 +62,18 @@ class Job:
     route: Route
     request: BaseModel
     openai: bool  # OpenAI-route jobs answer with a one-element list holding the body
+    document_objects: bool = False  # rerank documents as Cohere's {"text"} (the /v1, /v2 routes)
 
 
 def normalize_job_input(job_input: Any, limits: RequestLimits | None = None) -> Job:
     """Classify and validate a job's `input`; raise `InvalidRequest` naming the field."""
     if not isinstance(job_input, dict):
         raise InvalidRequest(f"input: must be a JSON object, got {json_type(job_input)}")
+    document_objects = False
     if "openai_route" in job_input:
         route, body = _openai_route(job_input)
         openai = True
+        document_objects = job_input["openai_route"].rstrip("/") not in INFINITY_ROUTES
     elif "task" in job_input:
         route = TASKS.get(job_input["task"]) if isinstance(job_input["task"], str) else None
         if route is None:
@@ -81,7 +88,7 @@ def normalize_job_input(job_input: Any, limits: RequestLimits | None = None) -> 
             "input: expected `model` with `input` (embeddings) or with `query` and `docs` (rerank)"
         )
     request = ModelsRequest() if route is Route.models else parse_request(SCHEMAS[route], body, limits)
-    return Job(route, request, openai)
+    return Job(route, request, openai, document_objects)
 
 
 def _openai_route(job_input: dict) -> tuple[Route, dict]:

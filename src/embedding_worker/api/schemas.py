@@ -132,9 +132,21 @@ class ImageInput(BaseModel):
     image: str
 
 
-def _embedding_items(value: Any, limits: RequestLimits, modality: str) -> list[str | ImageInput]:
-    """`input` of an embeddings request: texts, `{"text"}` and `{"image"}` objects, mixed; with
-    `modality: "image"`, plain strings are image references."""
+class AudioInput(BaseModel):
+    """An audio clip to embed: an http(s) URL, a `data:audio/...;base64,...` URI, or bare base64."""
+
+    model_config = ConfigDict(frozen=True)
+
+    audio: str
+
+
+MEDIA = {"image": ImageInput, "audio": AudioInput}
+
+
+def _embedding_items(value: Any, limits: RequestLimits, modality: str) -> list[str | ImageInput | AudioInput]:
+    """`input` of an embeddings request: texts, `{"text"}`, `{"image"}` and `{"audio"}`
+    objects, mixed; with `modality: "image"` or `"audio"`, plain strings are references of
+    that kind."""
     if modality == "text" and not isinstance(value, dict) and not (
             isinstance(value, list) and any(isinstance(item, dict) for item in value)):
         return _texts(value, limits)  # text only: the common case
@@ -146,21 +158,22 @@ def _embedding_items(value: Any, limits: RequestLimits, modality: str) -> list[s
         raise ValueError("must not be an empty list")
     if len(value) > limits.max_embed_inputs:
         raise ValueError(f"has {len(value)} items; the limit is {limits.max_embed_inputs} (MAX_EMBED_INPUTS)")
-    items: list[str | ImageInput] = []
+    items: list[str | ImageInput | AudioInput] = []
     for position, item in enumerate(value):
-        if isinstance(item, dict) and set(item) in ({"text"}, {"image"}):
+        if isinstance(item, dict) and set(item) in ({"text"}, {"image"}, {"audio"}):
             kind, content = next(iter(item.items()))
         elif isinstance(item, str):
             kind, content = modality, item
         else:
-            raise ValueError(f'item {position} must be a string, {{"text": ...}} or {{"image": ...}}, '
-                             f"got {json_type(item)}")
+            raise ValueError(f'item {position} must be a string, {{"text": ...}}, {{"image": ...}} or '
+                             f'{{"audio": ...}}, got {json_type(item)}')
         if not isinstance(content, str) or not content:
             raise ValueError(f"item {position}: {kind} must be a non-empty string")
-        items.append(ImageInput(image=content) if kind == "image" else _bounded_text(content, limits, f"item {position} "))
-    images = sum(isinstance(item, ImageInput) for item in items)
-    if images > limits.max_images:
-        raise ValueError(f"has {images} images; the limit is {limits.max_images} (MAX_IMAGES_PER_REQUEST)")
+        items.append(MEDIA[kind](**{kind: content}) if kind in MEDIA else _bounded_text(content, limits, f"item {position} "))
+    media = [type(item) for item in items if not isinstance(item, str)]
+    if len(media) > limits.max_images:
+        noun = " and ".join(name for name, kind in (("images", ImageInput), ("audio clips", AudioInput)) if kind in media)
+        raise ValueError(f"has {len(media)} {noun}; the limit is {limits.max_images} (MAX_IMAGES_PER_REQUEST)")
     return items
 
 
@@ -173,8 +186,9 @@ PROMPT_FIELDS = ("input_type", "prompt_name", "prompt")
 class EmbeddingRequest(_Request):
     """OpenAI `/v1/embeddings` body; also the standard `{"model", "input"}` job."""
 
-    modality: Literal["text", "image"] = "text"  # "image": plain strings in `input` are images
-    input: list[str | ImageInput] = Field(description="texts and images: strings, {text}, {image}")
+    modality: Literal["text", "image", "audio"] = "text"  # "image", "audio": plain strings in `input` are those
+    input: list[str | ImageInput | AudioInput] = Field(description="texts, images and audio: strings, {text}, "
+                                                                   "{image}, {audio}")
     encoding_format: EncodingFormat = "float"
     dimensions: StrictInt | None = Field(default=None, ge=1)  # keep the first N, then renormalise
     input_type: InputType | None = None  # picks the model's query or document prompt
@@ -205,12 +219,13 @@ class EmbeddingRequest(_Request):
 
     @field_validator("input", mode="before")
     @classmethod
-    def _input(cls, value: Any, info: ValidationInfo) -> list[str | ImageInput]:
+    def _input(cls, value: Any, info: ValidationInfo) -> list[str | ImageInput | AudioInput]:
         return _embedding_items(value, _limits(info), info.data.get("modality", "text"))
 
     @property
-    def has_images(self) -> bool:
-        return any(isinstance(item, ImageInput) for item in self.input)
+    def has_media(self) -> bool:
+        """Whether `input` holds images or audio (anything not text)."""
+        return any(not isinstance(item, str) for item in self.input)
 
     @model_validator(mode="before")
     @classmethod

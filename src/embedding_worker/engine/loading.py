@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hardware import Hardware, choose_dtype, model_config
 from embedding_worker.engine.hybrid import DENSE, detect, hybrid_engine
+from embedding_worker.engine.audio_models import fit_audio_model
 from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, private_tokenizer, self_test
 from embedding_worker.engine.model_sources import ModelLocations, resolve_model
 from embedding_worker.engine.model_sources.hub import HubAccess
@@ -81,6 +82,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
                      spec.name, ", ".join(dropped))
         if positions := fit_text_length(replica):
             log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
+        fit_audio_model(replica)
         if options.pack_cpu_weights and spec.backend is Backend.torch and hardware.device == "cpu":
             from embedding_worker.engine.cpu_kernels import pack_linear_layers
             from embedding_worker.engine.real_tokens import compute_on_real_tokens

@@ -40,6 +40,7 @@ def fit_tokenizer_inputs(model_object: Any) -> list[str]:
     return sorted(set(dropped))
 
 
+ROBERTA_STYLE_TEXT = ("roberta", "xlm-roberta", "clap_text_model")  # CLAP's text tower is RoBERTa
 def fit_text_length(model_object: Any) -> int | None:
     """CLIP-style models: let text run to the text tower's full length.
 
@@ -48,6 +49,8 @@ def fit_text_length(model_object: Any) -> int | None:
     or 64 (SigLIP) positions."""
     text_config = getattr(getattr(getattr(model_object, "model", None), "config", None), "text_config", None)
     positions = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and getattr(text_config, "model_type", "") in ROBERTA_STYLE_TEXT:
+        positions -= (getattr(text_config, "pad_token_id", None) or 1) + 1  # positions start after padding's
     if isinstance(positions, int) and hasattr(model_object, "max_length") and model_object.max_length != positions:
         model_object.max_length = positions
         return positions

@@ -11,6 +11,7 @@ Every engine call goes through `call`, which keeps the worker honest under load:
   throughput would take longer than REQUEST_TIMEOUT to clear;
 - each request has its own deadline, REQUEST_TIMEOUT from admission; past it the request
   fails with a clear message, its queued items are dropped, and nothing else is inferred;
+  a request whose job is cancelled drops its queued items the same way;
 - liveness comes from progress (`health.EngineHealth`): the engine is stuck only when it
   holds work and has finished no batch for REQUEST_TIMEOUT;
 - when a pipeline stage raises, Infinity's thread dies and that engine never answers again:
@@ -137,6 +138,10 @@ class EngineRegistry:
         failed = asyncio.ensure_future(health.wait_failed())
         try:
             await asyncio.wait({task, failed}, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the job was cancelled: its queued items are dropped
+            task.cancel()
+            health.abandon(items)
+            raise
         finally:
             failed.cancel()
         if task.done():

@@ -4,8 +4,9 @@
   - its `Host` is a loopback name, an IP address or a configured name (421 otherwise), so
     a web page cannot reach the endpoint through DNS rebinding;
   - its `Origin`, when a browser sends one, passes the same rule (403);
-  - a POST says `Content-Type: application/json` (415), so a cross-site "simple" request
-    (`text/plain`, forms) cannot run jobs;
+  - a POST with a body says `Content-Type: application/json` (415), so a cross-site
+    "simple" request (`text/plain`, forms) cannot run jobs; a bodiless POST with no
+    content type (`/cancel`, `/purge-queue` from curl) passes;
   - its body is at most `max_body_bytes` (413) and arrives within `body_timeout` (408).
   Each refusal is a one-line JSON error.
 - `serve`: uvicorn with the h11 parser, whose header size is bounded, plus a timeout for a
@@ -85,9 +86,10 @@ class RequestGuard:
             return 403, f"cross-origin requests from {origin!r} are refused"
         if origin == "null":
             return 403, "cross-origin requests from an opaque origin are refused"
+        bodiless = headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
         if method == "POST":
             content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if content_type != "application/json":
+            if content_type != "application/json" and not (bodiless and not content_type):
                 return 415, f"the body must be JSON with Content-Type: application/json, got {content_type or 'none'!r}"
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > self.max_body_bytes:

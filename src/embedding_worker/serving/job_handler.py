@@ -80,7 +80,7 @@ class JobHandler:
         request, route = job.request, job.route
         if route is Route.texts:
             if self.service.is_classifier(request.model):
-                if request.has_images:
+                if request.has_media:
                     raise UnsupportedTask(f"input: model {request.model!r} classifies text; images can only be embedded")
                 route = Route.classify
                 request = ClassifyRequest.model_construct(model=request.model, input=request.input)
@@ -89,7 +89,7 @@ class JobHandler:
         if route is Route.embeddings:
             response = await self.service.embed(request)
         elif route is Route.rerank:
-            response = await self.service.rerank(request, document_objects=job.openai)
+            response = await self.service.rerank(request, document_objects=job.document_objects)
         elif route is Route.tokenize:
             response = await self.service.tokenize(request)
         elif route is Route.classify:

@@ -1,7 +1,12 @@
 """Jobs of the local endpoint: queued, run as the worker's concurrency allows, kept a while.
 
 Statuses and timing fields follow RunPod's API (`IN_QUEUE`, `IN_PROGRESS`, `COMPLETED`,
-`FAILED`; `delayTime` and `executionTime` in milliseconds).
+`FAILED`, `CANCELLED`; `delayTime` and `executionTime` in milliseconds).
+
+A job can be cancelled (a queued one never runs; a running one is stopped, and its items
+still queued in the engine are dropped) and the queue purged (every job still queued is
+cancelled), as RunPod's `/cancel` and `/purge-queue` do. `stream` hands out a finished job's
+output once, as RunPod's `/stream` does for a handler that does not yield.
 
 Memory is bounded by bytes, not by a count of jobs:
 - a job's input is dropped once it has run, and its result is kept as its JSON bytes;
@@ -29,7 +34,7 @@ from typing import Any
 import orjson
 
 RunJob = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-FINAL = ("COMPLETED", "FAILED")
+FINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 @dataclass
@@ -43,6 +48,8 @@ class LocalJob:
     started: float | None = None
     finished: float | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+    streamed: bool = False  # its output was handed out by `stream`
 
     def to_api_json(self) -> bytes:
         """RunPod's status body, with the stored result spliced in unparsed."""
@@ -93,10 +100,40 @@ class JobStore:
         job = LocalJob(id=f"local-{uuid.uuid4()}", input=job_input,
                        keep_for=self._runsync_ttl if sync else self._ttl)
         self._jobs[job.id] = job
-        task = asyncio.create_task(self._execute(job))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        job.task = asyncio.create_task(self._execute(job))
+        self._tasks.add(job.task)
+        job.task.add_done_callback(self._tasks.discard)
         return job
+
+    def cancel(self, job_id: str) -> LocalJob | None:
+        """Cancel a queued or running job; a finished one stays as it is."""
+        job = self.get(job_id)
+        if job is not None and job.status not in FINAL and job.task is not None:
+            job.task.cancel()
+            self._finish(job, "CANCELLED", b"{}")
+        return job
+
+    def purge_queue(self) -> int:
+        """Cancel every job still waiting in the queue; return how many."""
+        queued = [job.id for job in self._jobs.values() if job.status == "IN_QUEUE"]
+        for job_id in queued:
+            self.cancel(job_id)
+        return len(queued)
+
+    def stream(self, job_id: str) -> dict[str, Any] | None:
+        """RunPod's stream body: the output as one item once the job has completed, handed out
+        once; nothing while it runs."""
+        job = self.get(job_id)
+        if job is None:
+            return None
+        body: dict[str, Any] = {"id": job.id, "status": job.status, "stream": []}
+        result = orjson.loads(job.result_json) if job.status in FINAL and job.result_json else {}
+        if job.status == "COMPLETED" and not job.streamed:
+            body["stream"] = [{"output": result.get("output")}]
+            job.streamed = True
+        if "error" in result:
+            body["error"] = result["error"]
+        return body
 
     def get(self, job_id: str) -> LocalJob | None:
         self._expire()
@@ -137,16 +174,23 @@ class JobStore:
             self._turn.notify_all()
 
     async def _execute(self, job: LocalJob) -> None:
-        await self._start_turn()
+        try:
+            await self._start_turn()
+        except asyncio.CancelledError:
+            return  # cancelled in the queue: it never runs
         try:
             job.status, job.started = "IN_PROGRESS", time.monotonic()
             result = await self._run_job({"id": job.id, "input": job.input})
+        except asyncio.CancelledError:
+            return  # `cancel` has finished the job
         finally:
             await self._end_turn()
+        self._finish(job, "FAILED" if "error" in result else "COMPLETED",
+                     orjson.dumps({k: v for k, v in result.items() if k in ("output", "error")}))
+
+    def _finish(self, job: LocalJob, status: str, result_json: bytes) -> None:
         job.input = None
-        job.result_json = orjson.dumps({k: v for k, v in result.items() if k in ("output", "error")})
-        job.status = "FAILED" if "error" in result else "COMPLETED"
-        job.finished = time.monotonic()
+        job.result_json, job.status, job.finished = result_json, status, time.monotonic()
         self._bytes += len(job.result_json)
         heapq.heappush(self._expiries, (job.finished + job.keep_for, job.id))
         self._finish_order.append(job.id)

@@ -2,9 +2,11 @@
 
 Same URL layout and bodies as the deployed endpoint, so client code runs unchanged:
 - RunPod API: `POST /v2/{id}/runsync`, `POST /v2/{id}/run`, `GET /v2/{id}/status/{job}`,
+  `GET /v2/{id}/stream/{job}`, `POST /v2/{id}/cancel/{job}`, `POST /v2/{id}/purge-queue`,
   `GET /v2/{id}/health`; jobs run through runpod's own `run_job` with the worker's handler.
 - OpenAI gateway: `GET /v2/{id}/openai/v1/models`, `POST /v2/{id}/openai/v1/embeddings`,
-  `.../rerank` (also Cohere's `.../openai/v2/rerank`), `.../classify`, `.../tokenize`; each
+  `.../rerank` (also Cohere's `.../openai/v2/rerank`), `.../classify`, `.../tokenize`, and
+  Infinity's un-versioned `.../openai/rerank` and `.../openai/embeddings`; each
   becomes an `openai_route` job, as RunPod's gateway
   does, and a failed one is answered with an OpenAI error body and a 4xx/5xx status;
   so is any other path under `/openai/v1`.
@@ -136,6 +138,24 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
             raise HTTPException(404, f"job {job_id!r} does not exist or has expired")
         return Response(job.to_api_json(), media_type="application/json")
 
+    @runpod_api.get("/stream/{job_id}")
+    async def stream(endpoint_id: str, job_id: str) -> Response:
+        body = jobs().stream(job_id)
+        if body is None:
+            raise HTTPException(404, f"job {job_id!r} does not exist or has expired")
+        return FastJSON(body)
+
+    @runpod_api.post("/cancel/{job_id}")
+    async def cancel(endpoint_id: str, job_id: str) -> Response:
+        job = jobs().cancel(job_id)
+        if job is None:
+            raise HTTPException(404, f"job {job_id!r} does not exist or has expired")
+        return FastJSON({"id": job.id, "status": job.status})
+
+    @runpod_api.post("/purge-queue")
+    async def purge_queue(endpoint_id: str) -> Response:
+        return FastJSON({"removed": jobs().purge_queue(), "status": "completed"})
+
     async def openai_job(route: str, body: Any = None) -> Response:
         job_input: dict[str, Any] = {"openai_route": route}
         if body is not None:
@@ -160,6 +180,11 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
     # Cohere's v2 rerank (what its newer clients and LiteLLM's cohere/ provider call): same body
     app.add_api_route("/v2/{endpoint_id}/openai/v2/rerank", forward_to("/v2/rerank"), methods=["POST"],
                       dependencies=[Depends(authorized)])
+    # Infinity's own un-versioned routes (LiteLLM's infinity/ provider, api_base ".../openai"):
+    # documents come back as strings, as Infinity's server answers them
+    for route in ("/rerank", "/embeddings"):
+        app.add_api_route(f"/v2/{{endpoint_id}}/openai{route}", forward_to(route), methods=["POST"],
+                          dependencies=[Depends(authorized)])
 
     async def unknown_openai_path(endpoint_id: str, path: str) -> Response:
         raise HTTPException(404, f"/v1/{path} is not served here; served: /v1/models, /v1/embeddings, "

@@ -7,9 +7,10 @@ pass, `encode_post` returns one `HybridVectors` per text, every type the model g
 that one pass. Each output equals its library's (tests/data/hybrid has the references and
 the script that made them):
 - `SparseEncoder` (SPLADE) = sentence-transformers' `SparseEncoder.encode`: the MLM logits,
-  log(1 + relu), pooled by max (or sum) over the text's tokens. The vocabulary projection,
-  most of a SPLADE model's cost, runs on real tokens only, one text at a time, never on
-  padding, and never holds a whole batch's logits;
+  log(1 + relu), pooled by max (or sum) over the text's tokens. The vocabulary projection
+  runs on real tokens only, one text at a time, never on padding, and never holds a whole
+  batch's logits; with max pooling the activation, which rises with its input, runs once
+  per token id on the largest logit instead of on every logit;
 - `M3Encoder` = FlagEmbedding's `BGEM3FlagModel.encode`: the normalised [CLS] vector; per
   token relu(sparse_linear(h)), the largest weight per token id, special tokens left out;
   normalised colbert_linear(h) for every token but [CLS];
@@ -99,11 +100,16 @@ class SparseEncoder(_Encoder):
         mask = features["attention_mask"].bool()
         pooled = []
         for row, real in zip(hidden, mask):
-            weights = self.vocabulary(row[real]).float().relu_().log1p_()
-            if self.layout.activation == "log1p_relu":
-                weights = weights.log1p_()
-            pooled.append(weights.amax(dim=0) if self.layout.pooling == "max" else weights.sum(dim=0))
+            logits = self.vocabulary(row[real])
+            if self.layout.pooling == "max":  # the activation rises with x: max first, then one per token id
+                pooled.append(self._activation(logits.amax(dim=0).float()))
+            else:
+                pooled.append(self._activation(logits.float()).sum(dim=0))
         return pooled
+
+    def _activation(self, x: torch.Tensor) -> torch.Tensor:
+        weights = x.relu_().log1p_()
+        return weights.log1p_() if self.layout.activation == "log1p_relu" else weights
 
     def encode_post(self, pooled: list[torch.Tensor]) -> list[HybridVectors]:
         return [HybridVectors(sparse=_nonzero(weights.cpu().numpy())) for weights in pooled]

@@ -1,6 +1,6 @@
-"""Images for CLIP- and SigLIP-style models: references in, decoded pictures out, safely.
+"""Media references in, bytes out, safely: what images and audio share.
 
-A reference is an `http(s)://` URL, a `data:image/...;base64,...` URI, or bare base64.
+A reference is an `http(s)://` URL, a `data:<kind>/...;base64,...` URI, or bare base64.
 A worker that fetches URLs for its clients must not become a way into their network, so:
 - only `http` and `https`; any other scheme (`file:`, `ftp:` ...) is refused;
 - the host's addresses are resolved first, and loopback, private, link-local (cloud
@@ -8,9 +8,8 @@ A worker that fetches URLs for its clients must not become a way into their netw
   the request then goes to the checked address (with the host's name for the Host header
   and TLS), so a second DNS answer cannot swap it; every redirect is checked the same way,
   and at most MAX_REDIRECTS are followed;
-- each image has IMAGE_FETCH_TIMEOUT seconds in all and at most MAX_IMAGE_BYTES;
-- decoding runs in a worker thread and refuses pictures of more than MAX_IMAGE_PIXELS
-  (decompression bombs) before decoding their pixels.
+- each image or audio clip has IMAGE_FETCH_TIMEOUT seconds in all and at most
+  MAX_IMAGE_BYTES (the same limits for both kinds).
 Every failure is an `InvalidRequest` naming the input's index and the reason.
 """
 
@@ -19,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -29,83 +28,87 @@ from urllib.parse import urljoin, urlsplit
 from embedding_worker.errors import InvalidRequest
 
 MAX_REDIRECTS = 3
-MIN_SIDE = 3  # pixels; smaller pictures carry nothing a vision tower can use
 
 
 @dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int = 10 * 2**20  # MAX_IMAGE_BYTES
+class MediaLimits:
+    max_bytes: int = 10 * 2**20  # MAX_IMAGE_BYTES: per image or audio clip
     max_pixels: int = 40_000_000  # MAX_IMAGE_PIXELS
     fetch_timeout: float = 10.0  # IMAGE_FETCH_TIMEOUT
     allow_private_urls: bool = False  # ALLOW_PRIVATE_URLS
+    max_audio_seconds: float = 60.0  # MAX_AUDIO_SECONDS
 
 
-class ImageError(Exception):
-    """Why one image could not be used (the caller adds which input it was)."""
+class MediaError(Exception):
+    """Why one image or clip could not be used (the caller adds which input it was)."""
 
 
-async def load_images(references: dict[int, str], limits: ImageLimits) -> dict[int, Any]:
-    """Decoded RGB pictures by input index; raise `InvalidRequest` for the first that fails."""
+async def load_all(references: dict[int, str], limits: MediaLimits, kind: str,
+                   decode: Callable[[bytes], Any]) -> dict[int, Any]:
+    """Each reference fetched and decoded (`decode` runs in a worker thread), by input index;
+    raise `InvalidRequest` for the first that fails."""
     import httpx
 
+    async def load(client, reference: str) -> Any:
+        data = await _bytes_of(client, reference.strip(), limits, kind)
+        return await asyncio.to_thread(decode, data)
+
     async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-        loaded = await asyncio.gather(*(_load(client, ref, limits) for ref in references.values()),
-                                      return_exceptions=True)
+        loaded = await asyncio.gather(*(load(client, ref) for ref in references.values()), return_exceptions=True)
     for index, result in zip(references, loaded):
-        if isinstance(result, ImageError):
+        if isinstance(result, MediaError):
             raise InvalidRequest(f"input: item {index}: {result}")
         if isinstance(result, BaseException):
             raise result
     return dict(zip(references, loaded))
 
 
-async def _load(client, reference: str, limits: ImageLimits):
-    data = await _bytes_of(client, reference.strip(), limits)
-    return await asyncio.to_thread(decode, data, limits.max_pixels)
-
-
-async def _bytes_of(client, reference: str, limits: ImageLimits) -> bytes:
+async def _bytes_of(client, reference: str, limits: MediaLimits, kind: str) -> bytes:
     if reference.startswith("data:"):
         header, _, payload = reference.partition(",")
-        if not header.startswith("data:image/") or ";base64" not in header:
-            raise ImageError("a data URI must be data:image/<type>;base64,<data>")
-        return _base64(payload, limits.max_bytes)
+        if not header.startswith(f"data:{kind}/") or ";base64" not in header:
+            raise MediaError(f"a data URI must be data:{kind}/<type>;base64,<data>")
+        return _base64(payload, limits.max_bytes, kind)
     scheme = urlsplit(reference).scheme.lower() if "://" in reference[:12] else ""
     if scheme in ("http", "https"):
         try:
             async with asyncio.timeout(limits.fetch_timeout):
-                return await _fetch(client, reference, limits)
+                return await _fetch(client, reference, limits, kind)
         except TimeoutError:
-            raise ImageError(f"fetching {_short(reference)} took more than {limits.fetch_timeout:g} s "
+            raise MediaError(f"fetching {_short(reference)} took more than {limits.fetch_timeout:g} s "
                              "(IMAGE_FETCH_TIMEOUT)") from None
     if scheme or reference.split(":", 1)[0].lower() in ("file", "ftp", "gopher", "data", "javascript"):
-        raise ImageError(f"the {scheme or reference.split(':', 1)[0]!r} scheme is not allowed; send an http(s) URL, "
-                         "a data:image URI or base64")
-    return _base64(reference, limits.max_bytes)
+        raise MediaError(f"the {scheme or reference.split(':', 1)[0]!r} scheme is not allowed; send an http(s) URL, "
+                         f"a data:{kind} URI or base64")
+    return _base64(reference, limits.max_bytes, kind)
 
 
-def _base64(payload: str, max_bytes: int) -> bytes:
+def _base64(payload: str, max_bytes: int, kind: str) -> bytes:
     if len(payload) * 3 // 4 > max_bytes:
-        raise ImageError(f"the image has more than {max_bytes} bytes (MAX_IMAGE_BYTES)")
+        raise MediaError(f"the {_noun(kind)} has more than {max_bytes} bytes (MAX_IMAGE_BYTES)")
     try:
         return base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise ImageError("is neither an http(s) URL nor a data:image URI, and not valid base64") from None
+        raise MediaError(f"is neither an http(s) URL nor a data:{kind} URI, and not valid base64") from None
 
 
-async def _fetch(client, url: str, limits: ImageLimits) -> bytes:
+def _noun(kind: str) -> str:
+    return "audio clip" if kind == "audio" else kind
+
+
+async def _fetch(client, url: str, limits: MediaLimits, kind: str) -> bytes:
     import httpx
 
     for _ in range(MAX_REDIRECTS + 1):
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ImageError(f"{_short(url)} is not an http(s) URL")
+            raise MediaError(f"{_short(url)} is not an http(s) URL")
         address = await _checked_address(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
                                          limits.allow_private_urls)
         host = f"[{address}]" if ":" in address else address
         netloc = host + (f":{parts.port}" if parts.port else "")
         pinned = parts._replace(netloc=netloc).geturl()
-        headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": "image/*"}
+        headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": f"{kind}/*"}
         try:
             async with client.stream("GET", pinned, headers=headers,
                                      extensions={"sni_hostname": parts.hostname}) as response:
@@ -113,20 +116,20 @@ async def _fetch(client, url: str, limits: ImageLimits) -> bytes:
                     url = urljoin(url, response.headers.get("location", ""))
                     continue
                 if response.status_code != 200:
-                    raise ImageError(f"fetching {_short(url)} answered HTTP {response.status_code}")
+                    raise MediaError(f"fetching {_short(url)} answered HTTP {response.status_code}")
                 length = response.headers.get("content-length", "")
                 if length.isdigit() and int(length) > limits.max_bytes:
-                    raise ImageError(f"the image has {int(length)} bytes; the limit is {limits.max_bytes} "
+                    raise MediaError(f"the {_noun(kind)} has {int(length)} bytes; the limit is {limits.max_bytes} "
                                      "(MAX_IMAGE_BYTES)")
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > limits.max_bytes:
-                        raise ImageError(f"the image has more than {limits.max_bytes} bytes (MAX_IMAGE_BYTES)")
+                        raise MediaError(f"the {_noun(kind)} has more than {limits.max_bytes} bytes (MAX_IMAGE_BYTES)")
                 return bytes(body)
         except httpx.HTTPError as exc:
-            raise ImageError(f"fetching {_short(url)} failed: {type(exc).__name__}") from None
-    raise ImageError(f"more than {MAX_REDIRECTS} redirects")
+            raise MediaError(f"fetching {_short(url)} failed: {type(exc).__name__}") from None
+    raise MediaError(f"more than {MAX_REDIRECTS} redirects")
 
 
 async def _checked_address(host: str, port: int, allow_private: bool) -> str:
@@ -134,12 +137,12 @@ async def _checked_address(host: str, port: int, allow_private: bool) -> str:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
-        raise ImageError(f"the host {host!r} could not be resolved") from None
+        raise MediaError(f"the host {host!r} could not be resolved") from None
     addresses = [info[4][0] for info in infos]
     if not allow_private:
         for address in addresses:
             if refused_address(address):
-                raise ImageError(f"the host {host!r} resolves to a private or local address ({address}); "
+                raise MediaError(f"the host {host!r} resolves to a private or local address ({address}); "
                                  "such URLs are refused unless ALLOW_PRIVATE_URLS=true")
     return addresses[0]
 
@@ -153,25 +156,6 @@ def refused_address(address: str) -> bool:
 
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, not covered by is_private
-
-
-def decode(data: bytes, max_pixels: int):
-    """RGB picture from encoded bytes (blocking: run it in a thread)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        picture = Image.open(io.BytesIO(data))  # reads the header only
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise ImageError("is not an image Pillow can read") from None
-    width, height = picture.size
-    if width * height > max_pixels:
-        raise ImageError(f"the image has {width}x{height} pixels; the limit is {max_pixels} (MAX_IMAGE_PIXELS)")
-    if min(width, height) < MIN_SIDE:
-        raise ImageError(f"the image is {width}x{height} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
-    try:
-        return picture.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"the image could not be decoded: {' '.join(str(exc).split())[:120]}") from None
 
 
 def _short(url: str) -> str:

@@ -1,0 +1,1 @@
+"""Images and audio in requests: fetched safely, decoded for the model."""
