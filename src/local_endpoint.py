@@ -32,6 +32,14 @@ def main() -> int:
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 1
 
+    from embedding_worker.serving.http_defences import bind, serve
+
+    try:
+        sock = bind(config.host, config.port)  # in the first second, before any model loads
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
     from embedding_worker.serving.runpod_patches import import_runpod
     from embedding_worker.serving.worker import start_worker
 
@@ -40,12 +48,10 @@ def main() -> int:
         return 1
     import_runpod()  # before create_app imports runpod's job runner
 
-    from embedding_worker.serving.http_defences import serve
-
     app = create_app(worker, config)
-    print(f"serving on http://{config.host}:{config.port}/v2/<any endpoint id>", flush=True)
-    serve(app, host=config.host, port=config.port, header_timeout=config.header_timeout,
-          keep_alive_timeout=config.keep_alive_timeout, max_connections=config.max_connections)
+    print(f"serving on http://{config.host}:{sock.getsockname()[1]}/v2/<any endpoint id>", flush=True)
+    serve(app, sock, header_timeout=config.header_timeout, keep_alive_timeout=config.keep_alive_timeout,
+          max_connections=config.max_connections)
     return 0
 
 

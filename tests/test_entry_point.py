@@ -75,6 +75,39 @@ def test_invalid_settings_exit_1_within_seconds_with_one_line():
     assert elapsed < 30
 
 
+def test_runpods_variables_and_arguments_are_checked_before_any_model_loads():
+    for env, args, message in (
+        ({"RUNPOD_LOG_LEVEL": "verbose"}, ["--test_input", '{"input": {}}'],
+         "error: RUNPOD_LOG_LEVEL: 'verbose' is not one of NOTSET, TRACE, DEBUG, INFO, WARN, ERROR"),
+        ({}, ["--test_input", "{bad"], "error: --test_input: not valid JSON"),
+        ({}, ["--test_input=[1]"], 'error: --test_input: must be a JSON object with an "input" field'),
+        ({"RUNPOD_REALTIME_PORT": "eighty"}, [], "error: RUNPOD_REALTIME_PORT: 'eighty' is not a whole number"),
+    ):
+        done, seconds = run_handler({"MODEL_NAMES": "no-such/model-anywhere", **env}, *args)
+        assert done.returncode == 1 and seconds < 15
+        assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-500:]
+        assert "Traceback" not in done.stderr and "no-such/model" not in done.stderr  # nothing loaded
+
+
+def test_logs_are_one_event_per_line_in_one_format(embedder_path):
+    import re
+
+    done, _ = run_handler({"MODEL_NAMES": str(embedder_path)}, "--test_input",
+                          json.dumps({"input": {"model": str(embedder_path), "input": "hello"}}))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    stamped = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+    assert all(stamped.match(line) for line in lines), [line for line in lines if not stamped.match(line)]
+    assert not [line for line in lines if " WARNING " in line]  # a healthy start warns of nothing
+    assert any(re.search(r"job local_test: standard input, model .+, 1 items, \d+ ms$", line) for line in lines)
+    as_json, _ = run_handler({"MODEL_NAMES": str(embedder_path), "LOG_FORMAT": "json"}, "--test_input",
+                             json.dumps({"input": {"model": "nope", "input": "hello"}}))
+    entries = [json.loads(line) for line in as_json.stderr.strip().splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(entries[0])
+    assert any(e["message"].startswith("job local_test: standard input, model nope, 1 items") and
+               "failed: model: 'nope' is not deployed" in e["message"] for e in entries)
+
+
 def test_a_model_that_cannot_load_exits_1_naming_it(tmp_path: Path):
     done, _ = run_handler({"MODEL_NAMES": str(tmp_path / "missing-model"), "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 1

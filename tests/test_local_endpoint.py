@@ -174,6 +174,46 @@ def test_unknown_openai_paths_answer_an_openai_error(endpoint):
     assert httpx.get(f"{endpoint}/openai/v1/nope", headers=headers).status_code == 404
 
 
+def test_one_error_shape_per_api_family_on_every_route_and_method(endpoint):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    wrong_method = httpx.get(f"{endpoint}/openai/v1/embeddings", headers=headers)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["error"]["message"] == "GET is not allowed on /v1/embeddings; use POST"
+    assert httpx.post(f"{endpoint}/openai/v1/models", json={}, headers=headers).json()["error"]["message"] == (
+        "POST is not allowed on /v1/models; use GET")
+    for reply in (httpx.post(f"{endpoint}/openai/v1/embeddings", content=b"x", headers={**headers, "Content-Type": "text/plain"}),
+                  httpx.post(f"{endpoint}/openai/v1/embeddings", content=b"x" * 30_000_000, headers=headers)):
+        assert reply.status_code in (413, 415) and set(reply.json()["error"]) == {"message", "type", "param", "code"}
+    runpod_routes = [httpx.get(f"{endpoint}/runsync", headers=headers), httpx.get(f"{endpoint}/nothing", headers=headers),
+                     httpx.delete(f"{endpoint}/run", headers=headers), httpx.get(f"{endpoint.removesuffix('/v2/local')}/")]
+    for reply in runpod_routes:
+        assert reply.status_code in (404, 405) and isinstance(reply.json()["error"], str), reply.text
+        assert "detail" not in reply.json()
+    assert runpod_routes[0].json()["error"] == "GET is not allowed on /v2/local/runsync; use POST"
+    unwrapped = httpx.post(f"{endpoint}/runsync", json={"model": EMBEDDER_ID, "input": ["a"]}, headers=headers)
+    assert unwrapped.status_code == 400 and "looks like the request itself" in unwrapped.json()["error"]
+
+
+def test_cors_preflight_is_answered_for_local_pages_and_refused_for_others(endpoint):
+    local = httpx.options(f"{endpoint}/runsync", headers={"Origin": "http://localhost:3000",
+                                                           "Access-Control-Request-Method": "POST"})
+    assert local.status_code == 204 and local.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert "authorization" in local.headers["access-control-allow-headers"]
+    foreign = httpx.options(f"{endpoint}/runsync", headers={"Origin": "https://evil.example"})
+    assert foreign.status_code == 403 and "evil.example" in foreign.json()["error"]
+
+
+@pytest.mark.parametrize("authorization, status", [
+    (f"Bearer {API_KEY}", 200), (f"bearer {API_KEY}", 200), (f"BEARER  {API_KEY}", 200),
+    (API_KEY, 401), (f"Basic {API_KEY}", 401), (f"Bearer{API_KEY}", 401), ("", 401),
+])
+def test_the_auth_scheme_is_required_and_case_insensitive(endpoint, authorization, status):
+    reply = httpx.get(f"{endpoint}/openai/v1/models", headers={"Authorization": authorization} if authorization else {})
+    assert reply.status_code == status
+    if status == 401:
+        assert "Authorization: Bearer <key>" in reply.json()["error"]["message"]
+
+
 def test_tokenize_route(endpoint, sentence_transformer):
     reply = httpx.post(f"{endpoint}/openai/v1/tokenize", json={"model": EMBEDDER_ID, "input": TEXTS},
                        headers={"Authorization": f"Bearer {API_KEY}"})
@@ -262,7 +302,7 @@ def test_langchain_openai_embeddings(endpoint, sentence_transformer):
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("name", ["openai", "runpod", "langchain"])
+@pytest.mark.parametrize("name", ["first call", "openai", "runpod", "langchain"])
 def test_readme_snippet_runs_against_the_local_endpoint(endpoint, name):
     import re
 

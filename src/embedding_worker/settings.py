@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +82,7 @@ class WorkerSettings(BaseSettings):
     max_image_pixels: int = 40_000_000
     image_fetch_timeout: float = 10.0
     max_audio_seconds: float = 60.0  # longer audio clips are refused
+    log_format: Literal["text", "json"] = "text"  # one line per event: plain, or a JSON object
     allow_private_urls: bool = False  # fetch image URLs on loopback and private networks too
     onnx_quantized: bool = False
     trust_remote_code: bool = False  # runs code from the model repository: opt in per deployment

@@ -8,7 +8,9 @@
     "simple" request (`text/plain`, forms) cannot run jobs; a bodiless POST with no
     content type (`/cancel`, `/purge-queue` from curl) passes;
   - its body is at most `max_body_bytes` (413) and arrives within `body_timeout` (408).
-  Each refusal is a one-line JSON error.
+  Each refusal is a one-line JSON error, in OpenAI's error shape under `/openai/`.
+  A CORS preflight (`OPTIONS`) from an allowed origin gets 204 and what a page may send;
+  one from any other origin is refused like any request from it (403).
 - `serve`: uvicorn with the h11 parser, whose header size is bounded, plus a timeout for a
   connection that does not complete its request headers, keep-alive and connection caps;
   on SIGTERM it drains and exits 0.
@@ -17,7 +19,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import socket
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -63,8 +67,11 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self._refusal(scope["method"], headers)
+        openai = "/openai/" in scope["path"]
         if refusal is not None:
-            return await _error(send, *refusal)
+            return await _error(send, *refusal, openai=openai)
+        if scope["method"] == "OPTIONS":  # a preflight from an allowed origin (others got 403 above)
+            return await _preflight(send, headers)
         state = {"started": False}
 
         async def sending(message: dict[str, Any]) -> None:
@@ -75,7 +82,7 @@ class RequestGuard:
             await self.app(scope, self._bounded(receive), sending)
         except BodyRefused as refused:
             if not state["started"]:
-                await _error(send, refused.status, str(refused))
+                await _error(send, refused.status, str(refused), openai=openai)
 
     def _refusal(self, method: str, headers: dict[str, str]) -> tuple[int, str] | None:
         host = headers.get("host", "")
@@ -119,17 +126,57 @@ class RequestGuard:
         return bounded_receive
 
 
-async def _error(send, status: int, message: str) -> None:
-    body = orjson.dumps({"error": message})
+async def _preflight(send, headers: dict[str, str]) -> None:
+    """CORS preflight: 204, allowing what a same-site page may send (JSON with a key)."""
+    answer = [(b"allow", b"GET, POST, OPTIONS"), (b"content-length", b"0")]
+    if "origin" in headers:
+        answer += [(b"access-control-allow-origin", headers["origin"].encode("latin-1")),
+                   (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                   (b"access-control-allow-headers", b"authorization, content-type"),
+                   (b"access-control-max-age", b"600"), (b"vary", b"Origin")]
+    await send({"type": "http.response.start", "status": 204, "headers": answer})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def error_body(status: int, message: str, openai: bool) -> dict[str, Any]:
+    """One error shape per API family: OpenAI's object under `/openai/`, RunPod's elsewhere."""
+    if not openai:
+        return {"error": message}
+    kind = "rate_limit_error" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None,
+                      "code": "model_not_found" if status == 404 and message.startswith("model") else None}}
+
+
+async def _error(send, status: int, message: str, openai: bool = False) -> None:
+    body = orjson.dumps(error_body(status, message, openai))
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
 
-def serve(app, *, host: str, port: int, header_timeout: float, keep_alive_timeout: float,
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now; an address in use is one line naming `--port`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(f"port {port} on {host} is in use; choose another with --port (or LOCAL_PORT)") from None
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; set --host and --port "
+                      "(or LOCAL_HOST, LOCAL_PORT)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app, sock: socket.socket, *, header_timeout: float, keep_alive_timeout: float,
           max_connections: int) -> None:
-    """Run uvicorn with the connection-level defences; return after a graceful stop."""
+    """Run uvicorn on the bound `sock` with the connection-level defences; return after a
+    graceful stop."""
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -177,8 +224,8 @@ def serve(app, *, host: str, port: int, header_timeout: float, keep_alive_timeou
             self.should_exit = True
 
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", http=HeaderTimeoutProtocol,
+        app, log_level="warning", http=HeaderTimeoutProtocol,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=keep_alive_timeout,
         limit_concurrency=max_connections,
     )
-    Server(config).run()
+    Server(config).run(sockets=[sock])

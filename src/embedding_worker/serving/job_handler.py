@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,19 +63,30 @@ class JobHandler:
 
     async def __call__(self, job: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         job_input = job.get("input") if isinstance(job, dict) else None
-        return (await self.answer(job_input)).to_job_output()
+        job_id = job.get("id") if isinstance(job, dict) else None
+        return (await self.answer(job_input, job_id)).to_job_output()
 
-    async def answer(self, job_input: Any) -> Answer:
-        openai = False
+    async def answer(self, job_input: Any, job_id: str | None = None) -> Answer:
+        """The job's answer; one log line when it ends: id, route, model, items, time and,
+        if it failed, why."""
+        started = time.perf_counter()
+        openai, parsed = False, None
         try:
             parsed = normalize_job_input(job_input, self.limits)
             openai = parsed.openai
-            return Answer(body=await self._run(parsed), openai=openai)
+            answer = Answer(body=await self._run(parsed), openai=openai)
         except WorkerError as err:
-            return Answer(error=err, openai=openai)
+            answer = Answer(error=err, openai=openai)
         except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not the worker
-            log.exception("job failed unexpectedly")
-            return Answer(error=InternalError(f"internal error: {type(exc).__name__}: {exc}"), openai=openai)
+            log.exception("job %s failed unexpectedly", job_id or "-")
+            answer = Answer(error=InternalError(f"internal error: {type(exc).__name__}: {exc}"), openai=openai)
+        request = getattr(parsed, "request", None)
+        items = getattr(request, "docs", None) or getattr(request, "input", None) or ()
+        log.info("job %s: %s, model %s, %d items, %.0f ms%s", job_id or "-",
+                 parsed.route.value if parsed else "invalid input", getattr(request, "model", "-"), len(items),
+                 1000 * (time.perf_counter() - started),
+                 f"; failed: {answer.error.message}" if answer.error is not None else "")
+        return answer
 
     async def _run(self, job: Job) -> dict[str, Any]:
         request, route = job.request, job.route

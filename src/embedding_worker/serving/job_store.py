@@ -90,6 +90,7 @@ class JobStore:
         self._running = 0
         self._turn = asyncio.Condition()
         self._tasks: set[asyncio.Task] = set()
+        self.finished: dict[str, int] = dict.fromkeys(FINAL, 0)  # every job that ended, kept or not
 
     @property
     def result_bytes(self) -> int:
@@ -191,6 +192,7 @@ class JobStore:
     def _finish(self, job: LocalJob, status: str, result_json: bytes) -> None:
         job.input = None
         job.result_json, job.status, job.finished = result_json, status, time.monotonic()
+        self.finished[status] += 1
         self._bytes += len(job.result_json)
         heapq.heappush(self._expiries, (job.finished + job.keep_for, job.id))
         self._finish_order.append(job.id)

@@ -25,10 +25,11 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from embedding_worker.errors import WorkerError
-from embedding_worker.serving.http_defences import RequestGuard
+from embedding_worker.serving.http_defences import RequestGuard, error_body
 from embedding_worker.serving.job_store import JobStore
 from embedding_worker.serving.worker import Worker
 
@@ -74,8 +75,9 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
         await worker.registry.start()
         yield
         await state["jobs"].drain()  # jobs in flight finish before the engines stop
-        counts = state["jobs"].counts()
-        log.info("stopping: %d jobs completed, %d failed", counts["completed"], counts["failed"])
+        ended = state["jobs"].finished
+        log.info("stopping: %d jobs completed, %d failed, %d cancelled", ended["COMPLETED"], ended["FAILED"],
+                 ended["CANCELLED"])
         await worker.registry.stop()
 
     def jobs() -> JobStore:
@@ -84,15 +86,16 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
     async def authorized(request: Request) -> None:  # async: no thread-pool hop per request
         if not config.api_key:
             return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(given.encode(), config.api_key.encode()):
-            raise HTTPException(401, "Unauthorized: a valid API key is required")
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        valid = secrets.compare_digest(given.strip().encode(), config.api_key.encode())
+        if scheme.lower() != "bearer" or not valid:  # the scheme as HTTP has it: any case, never left out
+            raise HTTPException(401, "Unauthorized: a valid API key is required, as Authorization: Bearer <key>")
 
     app = FastAPI(
         title="Infinity Embedding Worker (local endpoint)",
         lifespan=lifespan,
         default_response_class=FastJSON,
-        exception_handlers={HTTPException: _http_error, ClientDisconnect: _client_gone},
+        exception_handlers={StarletteHTTPException: _http_error, ClientDisconnect: _client_gone},
     )
     app.add_middleware(
         RequestGuard,
@@ -186,9 +189,15 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
         app.add_api_route(f"/v2/{{endpoint_id}}/openai{route}", forward_to(route), methods=["POST"],
                           dependencies=[Depends(authorized)])
 
-    async def unknown_openai_path(endpoint_id: str, path: str) -> Response:
-        raise HTTPException(404, f"/v1/{path} is not served here; served: /v1/models, /v1/embeddings, "
-                                 "/v1/rerank, /v1/classify, /v1/tokenize")
+    served = {"/v1/models": "GET", "/v1/embeddings": "POST", "/v1/rerank": "POST", "/v1/classify": "POST",
+              "/v1/tokenize": "POST"}
+
+    async def unknown_openai_path(endpoint_id: str, path: str, request: Request) -> Response:
+        route = "/v1/" + path.strip("/")
+        if route in served:  # the route exists: the method does not
+            raise HTTPException(405, f"{request.method} is not allowed on {route}; use {served[route]}",
+                                headers={"Allow": served[route]})
+        raise HTTPException(404, f"/v1/{path} is not served here; served: {', '.join(served)}")
 
     app.include_router(runpod_api)
     app.include_router(openai_api)
@@ -213,8 +222,11 @@ async def _json_body(request: Request) -> Any:
 
 async def _job_input(request: Request) -> Any:
     body = await _json_body(request)
-    if not isinstance(body, dict) or "input" not in body:
-        raise HTTPException(400, 'the request body must be a JSON object with an "input" field')
+    unwrapped = isinstance(body, dict) and "model" in body  # the request itself, sent as the job
+    if not isinstance(body, dict) or "input" not in body or unwrapped:
+        hint = "; this one looks like the request itself: send it as the job's input" if unwrapped else ""
+        raise HTTPException(400, 'the request body must be a JSON object with an "input" field, '
+                                 f'{{"input": {{"model": ..., ...}}}}{hint}')
     return body["input"]
 
 
@@ -243,12 +255,14 @@ def _error_type(status_code: int) -> str:
     return "invalid_request_error" if status_code < 500 else "server_error"
 
 
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    if "/openai/" in request.url.path:  # what the OpenAI SDK reads
-        body: dict[str, Any] = {
-            "error": {"message": exc.detail, "type": "invalid_request_error", "param": None, "code": None}
-        }
-    else:
-        body = {"error": exc.detail}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """Every HTTP error, routing's 404 and 405 included, in its API family's one shape."""
+    message = exc.detail
+    if exc.status_code == 405 and message == "Method Not Allowed":  # routing's own: say what to use
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}; use {allowed or 'another method'}"
+    elif exc.status_code == 404 and message == "Not Found":
+        message = (f"{request.url.path} is not served here; the API is under /v2/<endpoint id>/ "
+                   "(runsync, run, status, stream, cancel, purge-queue, health, openai/v1/...)")
+    return FastJSON(error_body(exc.status_code, message, "/openai/" in request.url.path),
+                    status_code=exc.status_code, headers=exc.headers)

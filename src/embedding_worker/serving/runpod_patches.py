@@ -3,7 +3,8 @@
 - Import: runpod's debugger module calls `cpuinfo.get_cpu_info()` at import, which spawns a
   subprocess and takes about a second of every cold start, for a CPU name it only shows in
   debug output. Reading the name from /proc/cpuinfo gives the same answer at once.
-- Logging: runpod logs at DEBUG by default, three lines a job; INFO unless set otherwise.
+- Logging: runpod logs at DEBUG by default, three lines a job; INFO unless set otherwise,
+  and through the worker's one log format (`logs.route_runpod_logs`).
 - Results, production loop: runpod posts each job's result with the standard library's
   `json.dumps`, 1.7 ms for 8 vectors of 384 floats (orjson: 0.07 ms), on the one event
   loop that also feeds the engines. It uses orjson instead (same JSON; the worker's
@@ -38,6 +39,9 @@ def import_runpod():
     import runpod
     from runpod.serverless.modules import rp_fastapi, rp_http, rp_scale
 
+    from embedding_worker.serving.logs import route_runpod_logs
+
+    route_runpod_logs()
     rp_http.json = SimpleNamespace(dumps=_dumps)
     rp_fastapi.jsonable_encoder = _json_response
     rp_scale.JobScaler.run_jobs = _run_jobs_as_they_arrive

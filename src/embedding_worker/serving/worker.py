@@ -6,7 +6,6 @@ call `build_worker`, so they serve with the very same handler.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from embedding_worker.engine.lean_imports import import_infinity
 from embedding_worker.serving.job_handler import JobHandler
 from embedding_worker.engine.model_sources import ModelLocations
 from embedding_worker.service import EmbeddingService
+from embedding_worker.serving.logs import configure_logging
+from embedding_worker.serving.preflight import check_process_inputs
 from embedding_worker.settings import WorkerSettings, load_settings
 
 
@@ -29,18 +30,6 @@ class Worker:
     registry: EngineRegistry
     handler: JobHandler
     trimmer: MemoryTrimmer
-
-
-def configure_logging() -> None:
-    """One plain line per message for the worker's own log (Infinity's handler wraps lines)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("embedding_worker")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    # httpx logs every request at INFO (model files, image URLs): the worker logs what they mean.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def build_worker(settings: WorkerSettings | None = None) -> Worker:
@@ -71,11 +60,13 @@ def start_worker() -> Worker | None:
     import, then `build_worker`; on failure, print one line."""
     configure_logging()
     try:
+        check_process_inputs(sys.argv, os.environ)
         settings = load_settings()
         # What Infinity and the math libraries read when imported (queue size, thread pools)...
         settings.export_engine_environment()
         # ...then Infinity, without the backends this process does not serve.
         import_infinity(settings.backend.value)
+        configure_logging()  # again: Infinity put its own handler on the root logger
         return build_worker(settings)
     except WorkerError as err:
         print(f"error: {err}", file=sys.stderr)
