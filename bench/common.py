@@ -76,6 +76,9 @@ def worker_for(backend: str = "torch", **variables: str):
     for key in ("BACKEND", "ONNX_QUANTIZED", "DTYPES"):
         os.environ.pop(key, None)
     os.environ.update({"BACKEND": backend, **variables})
+    from embedding_worker.serving.logs import configure_logging
     from embedding_worker.serving.worker import build_worker
 
-    return build_worker()
+    worker = build_worker()
+    configure_logging()  # as the entry points do: one plain line per event, not Infinity's rich handler
+    return worker

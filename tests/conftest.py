@@ -172,9 +172,11 @@ def start_worker(**variables: str) -> RunningWorker:
     with pytest.MonkeyPatch.context() as env:
         for name, value in variables.items():
             env.setenv(name, value)
+        from embedding_worker.serving.logs import configure_logging
         from embedding_worker.serving.worker import build_worker
 
         built = build_worker()
+        configure_logging()  # as the entry points do, once Infinity has put its own handler in place
     return RunningWorker(built.handler, built.registry)
 
 
@@ -200,9 +202,13 @@ def start_local_endpoint(**variables: str) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=ROOT,
-                              env={**os.environ, **variables}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    # The log goes to a file: a pipe nobody reads fills up and blocks the server's writes.
+    log = Path(tempfile.mkstemp(prefix="local-endpoint-", suffix=".log")[1])
+    with log.open("w") as sink:
+        server = subprocess.Popen([sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=ROOT,
+                                  env={**os.environ, **variables}, stdout=subprocess.DEVNULL, stderr=sink,
+                                  text=True)
+    server.read_log = log.read_text
     base = f"http://127.0.0.1:{port}/v2/local"
     deadline = time.time() + 180
     while True:
@@ -213,5 +219,5 @@ def start_local_endpoint(**variables: str) -> tuple[subprocess.Popen, str]:
             pass
         if server.poll() is not None or time.time() > deadline:
             server.kill()
-            pytest.fail(f"the local endpoint did not start: {server.stderr.read()[-2000:]}")
+            pytest.fail(f"the local endpoint did not start: {server.read_log()[-2000:]}")
         time.sleep(0.3)

@@ -22,7 +22,7 @@ def endpoint(hub_cache, tiny_embedder_path):
                                         LOCAL_HEADER_TIMEOUT="1", LOCAL_BODY_TIMEOUT="2")
     yield server, base
     server.terminate()
-    log = server.stderr.read()
+    log = server.read_log()
     server.wait(30)
     assert "Traceback" not in log  # clients that drop mid-upload are not errors
     assert "DEBUG" not in log  # runpod logs at INFO

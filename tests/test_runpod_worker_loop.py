@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -79,13 +80,14 @@ def test_jobs_in_flight_finish_on_sigterm_and_the_worker_exits_0(hub_cache):
         "RUNPOD_POD_ID": "test-worker",
         "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
     }
+    log = tempfile.TemporaryFile(mode="w+")  # not a pipe: one nobody reads fills up and blocks the worker
     worker = subprocess.Popen([sys.executable, "src/handler.py"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         deadline = time.time() + 120
         while len(api.taken) < len(jobs) and time.time() < deadline and worker.poll() is None:
             time.sleep(0.05)
-        assert len(api.taken) == len(jobs), worker.stderr.read()[-2000:] if worker.poll() is not None else api.taken
+        assert len(api.taken) == len(jobs), (log.seek(0), log.read())[1][-2000:] if worker.poll() is not None else api.taken
         assert len(api.done) < len(jobs), "send SIGTERM while jobs are in flight"
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(120) == 0

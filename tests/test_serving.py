@@ -89,4 +89,4 @@ def test_a_queued_run_job_finishes_before_the_server_exits(hub_cache):
     assert server.wait(120) == 0
     assert len(set(ids)) == 3
     # accepted before the signal, all run before the engines stopped
-    assert "stopping: 3 jobs completed, 0 failed" in server.stderr.read()
+    assert "stopping: 3 jobs completed, 0 failed" in server.read_log()

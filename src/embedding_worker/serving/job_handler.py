@@ -82,10 +82,10 @@ class JobHandler:
             answer = Answer(error=InternalError(f"internal error: {type(exc).__name__}: {exc}"), openai=openai)
         request = getattr(parsed, "request", None)
         items = getattr(request, "docs", None) or getattr(request, "input", None) or ()
-        log.info("job %s: %s, model %s, %d items, %.0f ms%s", job_id or "-",
-                 parsed.route.value if parsed else "invalid input", getattr(request, "model", "-"), len(items),
-                 1000 * (time.perf_counter() - started),
-                 f"; failed: {answer.error.message}" if answer.error is not None else "")
+        log.info("job %s: %s, model %s, %d items, %.0f ms%s", _short(str(job_id or "-")),
+                 parsed.route.value if parsed else "invalid input", _short(getattr(request, "model", "-")),
+                 len(items), 1000 * (time.perf_counter() - started),
+                 f"; failed: {_short(answer.error.message, 300)}" if answer.error is not None else "")
         return answer
 
     async def _run(self, job: Job) -> dict[str, Any]:
@@ -117,3 +117,8 @@ class JobHandler:
         failing it; more again as the backlog drains."""
         headroom = 1.0 - self.service.registry.fullness()
         return max(1, min(self.max_concurrency, math.floor(self.max_concurrency * headroom)))
+
+
+def _short(text: str, limit: int = 100) -> str:
+    """What a log line holds of a client's text: a bounded part (a body can hold megabytes)."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
