@@ -49,3 +49,17 @@ def test_infinity_imports_without_sklearn_and_models_still_serve(embedder_path, 
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(embedder_path), str(reranker_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_runpod_imports_without_its_ssh_stack_which_loads_on_first_use():
+    script = (
+        "import sys; sys.path.insert(0, 'src')\n"
+        "from embedding_worker.serving.runpod_patches import import_runpod\n"
+        "import_runpod()\n"
+        "print(sorted(m for m in ('paramiko.transport', 'cryptography', 'nacl', 'bcrypt') if m in sys.modules))\n"
+        "from runpod.cli.groups.ssh import functions\n"
+        "print(functions.paramiko.RSAKey.__name__, 'paramiko.transport' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["[]", "RSAKey True"]
