@@ -5,6 +5,9 @@
 # and
 #   make serve  the bundled model behind a local endpoint with RunPod's URLs (port 8000)
 #   make bench  the benchmarks, written to docs/BENCHMARKS.md
+#   make gpu-bundle   .gpu/: what the GPU check needs on a bare GPU machine (README, "The GPU check")
+#   make gpu-dry-run  that check end to end on this CPU, in a Python 3.12 environment laid out
+#                     as the GPU machine's (its torch release, the bundle installed with --target)
 
 PYTHON ?= python3.11
 VENV := .venv
@@ -12,7 +15,7 @@ PY := $(VENV)/bin/python
 HF_HOME_LOCAL := $(CURDIR)/.cache/huggingface
 BUNDLED_MODEL := sentence-transformers/all-MiniLM-L6-v2
 
-.PHONY: setup bundled-model run serve bench test
+.PHONY: setup bundled-model run serve bench test gpu-bundle gpu-dry-run
 setup: $(VENV)/.installed
 
 # The CPU builds (requirements-cpu.txt; the image uses requirements-gpu.txt). torch alone
@@ -40,3 +43,16 @@ bench: bundled-model
 
 test: setup
 	$(PY) -m pytest
+
+gpu-bundle: setup
+	$(PY) bench/gpu_bundle.py
+
+GPU_TORCH ?= 2.11.0
+# a CPython 3.12, as on the GPU machine (pyenv's, where python3.12 is not on the PATH)
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12 2>/dev/null))
+DRY_RUN_VENV := .cache/gpu-dry-run
+gpu-dry-run: gpu-bundle
+	test -x $(DRY_RUN_VENV)/bin/python || $(PYTHON312) -m venv $(DRY_RUN_VENV)
+	$(DRY_RUN_VENV)/bin/python -m pip install --quiet torch==$(GPU_TORCH)
+	GPU_PYTHON=$(DRY_RUN_VENV)/bin/python GPU_SITE=.cache/gpu-dry-run-site OUT=.cache/gpu-dry-run-out \
+		bash bench/gpu_run.sh --device cpu --sizes small --rounds 1 --scale 0.1

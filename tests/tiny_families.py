@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import tiny_sentence_transformer
 
 CORPUS = [f"{a} {b} {c}" for a in ("the cat", "a dog", "my phone", "the river", "paris", "rome", "quantum bits")
           for b in ("sat on", "is in", "runs past", "was near", "talks about") for c in ("the mat.", "france.",
@@ -81,6 +80,8 @@ def qwen3_config(tokenizer, ids, **extra):
 
 
 def embedders(root: Path) -> dict[str, Path]:
+    from conftest import tiny_sentence_transformer
+
     tok_x, ids_x = xlm_roberta_tokenizer()
     tok_m, ids_m = modernbert_tokenizer()
     tok_q, ids_q = qwen3_tokenizer()
@@ -110,9 +111,12 @@ def rerankers(root: Path) -> dict[str, Path]:
     return built
 
 
-def clip(folder: Path) -> Path:
+def clip(folder: Path, text: tuple[int, int, int] = (32, 2, 2), vision: tuple[int, int, int, int, int] = (32, 2, 2, 32, 8),
+         projection: int = 16) -> Path:
     """A CLIP with 2-layer text and vision towers, a byte-level BPE in CLIP's vocab.json /
-    merges.txt format (loaded by `CLIPTokenizer`) and a 32-pixel image processor."""
+    merges.txt format (loaded by `CLIPTokenizer`) and a 32-pixel image processor; other
+    shapes on request: `text` (hidden, layers, heads), `vision` (hidden, layers, heads,
+    image size, patch size), as the GPU check builds ViT-B/32's."""
     import json
 
     import torch
@@ -127,17 +131,20 @@ def clip(folder: Path) -> Path:
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    side = vision[3]
+    images = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     ids = tokenizer.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"])
     torch.manual_seed(2)
     config = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": ids[0],
-                     "eos_token_id": ids[1], "pad_token_id": ids[1]},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=16,
+        text_config={"vocab_size": len(vocab), "hidden_size": text[0], "intermediate_size": 2 * text[0] if text[0] < 64
+                     else 4 * text[0], "num_hidden_layers": text[1], "num_attention_heads": text[2],
+                     "max_position_embeddings": 77, "bos_token_id": ids[0], "eos_token_id": ids[1],
+                     "pad_token_id": ids[1]},
+        vision_config={"hidden_size": vision[0], "intermediate_size": 2 * vision[0] if vision[0] < 64 else 4 * vision[0],
+                       "num_hidden_layers": vision[1], "num_attention_heads": vision[2], "image_size": vision[3],
+                       "patch_size": vision[4]},
+        projection_dim=projection,
     )
     CLIPModel(config).eval().save_pretrained(folder)
     return folder
