@@ -57,7 +57,7 @@ def requests_for(workload: tuple, scale: float, seed: int = 0) -> list[tuple[str
     return made
 
 
-def padding_share(requests: list[tuple[str, list[str]]], kind: str, tokenizer, concurrency: int) -> float:
+def padding_share(requests: list[tuple[str, list[str]]], tokenizer, concurrency: int) -> float:
     """Padded positions over real tokens, for batches of up to BATCH items cut from what
     `concurrency` requests put in the queue at once, sorted by length as Infinity sorts them."""
     def tokens(query: str, text: str) -> int:
@@ -133,7 +133,7 @@ def compare(names: list[str], scale: float, rounds: int, dtype: str, original_dt
                                                             targets.process(target)))
                         except Exception as exc:  # noqa: BLE001 - a peer that cannot serve it is a result
                             rows[target].append({"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"})
-                results[name] = {"padding_share": round(padding_share(requests, kind, tokenizer, concurrency), 3),
+                results[name] = {"padding_share": round(padding_share(requests, tokenizer, concurrency), 3),
                                  "requests": len(requests), "concurrency": concurrency, "targets": rows}
         finally:
             await targets.stop()

@@ -167,6 +167,20 @@ def test_bad_audio_fails_in_one_line_and_the_worker_serves_on(served, case, item
     assert "data" in served.run({"model": "clap", "input": [{"audio": wav}]})
 
 
+def test_audio_limits_at_their_bounds(served):
+    wav = data_uri(CLIPS["wav 48 kHz"][0])
+    assert len(served.run({"model": "clap", "input": [{"audio": wav}] * 4})["data"]) == 4  # MAX_IMAGES_PER_REQUEST
+    at_limit = data_uri(encoded(tone(3.0, 8000), 8000, "WAV", "PCM_16"))  # MAX_AUDIO_SECONDS=3
+    assert len(served.run({"model": "clap", "input": [{"audio": at_limit}]})["data"]) == 1
+    past = data_uri(encoded(tone(3.01, 8000), 8000, "WAV", "PCM_16"))
+    assert served.run({"model": "clap", "input": [{"audio": past}]})["error"].startswith(
+        "input: item 0: the audio clip lasts 3.0 s; the limit is 3 s")
+    for item, message in (({"audio": 5}, "input: item 0: audio must be a non-empty string"),
+                          ({"audio": ""}, "input: item 0: audio must be a non-empty string"),
+                          ({"audio": "x", "text": "y"}, "input: item 0 must be a string")):
+        assert served.run({"model": "clap", "input": [item]})["error"].startswith(message)
+
+
 def test_audio_to_a_text_only_model_and_the_models_route(served):
     output = served.run({"model": EMBEDDER_ID, "input": ["text", {"audio": data_uri(CLIPS["wav 48 kHz"][0])}]})
     assert output == {"error": f"input: item 1 is audio; model '{EMBEDDER_ID}' takes text only (it supports: embed)"}

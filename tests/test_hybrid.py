@@ -79,6 +79,21 @@ def test_max_active_dims_keeps_the_largest_weights(served):
     assert [item["embedding"]["indices"] for item in body["data"]] == reference["top5_indices"]
 
 
+def test_sparse_options_at_and_past_their_bounds(served):
+    texts = REFERENCES["splade-max"]["texts"][:2]
+    one = embed(served, model="splade-max", input=texts, max_active_dims=1)
+    assert [len(item["embedding"]["indices"]) for item in one["data"]] == [1, 1]
+    everything = embed(served, model="splade-max", input=texts, max_active_dims=10**9)
+    assert [item["embedding"] for item in everything["data"]] == [
+        item["embedding"] for item in embed(served, model="splade-max", input=texts)["data"]]
+    twice = embed(served, model="bge-m3", input=texts, embedding_types=["sparse", "sparse", "dense"])
+    assert list(twice["data"][0]["embeddings"]) == ["sparse", "dense"]
+    for body, field in (({"max_active_dims": "5"}, "max_active_dims"), ({"max_active_dims": -1}, "max_active_dims"),
+                        ({"max_active_dims": 2.5}, "max_active_dims"), ({"embedding_types": ["sparse", 7]}, "number"),
+                        ({"embedding_types": {"sparse": True}}, "object")):
+        assert field in error(served, model="splade-max", input=texts, **body)
+
+
 def test_bge_m3_gives_flag_embeddings_three_outputs_from_one_call(served):
     reference = REFERENCES["bge-m3"]
     natural = embed(served, model="bge-m3", input=reference["texts"])

@@ -86,4 +86,5 @@ def test_cancel_from_curl_and_of_unknown_or_finished_jobs(runpod_endpoint, endpo
     missing = httpx.post(f"{endpoint}/cancel/no-such-job", headers=headers)
     assert missing.status_code == 404 and "no-such-job" in missing.json()["error"]
     assert httpx.post(f"{endpoint}/purge-queue").status_code == 401
+    assert httpx.post(f"{endpoint}/purge-queue", headers=headers).json() == {"removed": 0, "status": "completed"}
     assert httpx.get(f"{endpoint}/stream/no-such-job", headers=headers).status_code == 404

@@ -132,6 +132,7 @@ CASES = {
     "duplicate aliases": ({"SERVED_MODEL_NAMES": "x;x"}, "served model names must be unique; repeated: x"),
     "duplicate models": ({"MODEL_NAMES": "a/b;a/b"}, "served model names must be unique; repeated: a/b"),
     "limit not positive": ({"MAX_EMBED_INPUTS": "0"}, "MAX_EMBED_INPUTS: 0 is not positive"),
+    "log format unknown": ({"LOG_FORMAT": "xml"}, "LOG_FORMAT: Input should be 'text' or 'json'"),
     "audio seconds not positive": ({"MAX_AUDIO_SECONDS": "0"}, "MAX_AUDIO_SECONDS: 0.0 is not positive"),
     "limit not a number": ({"MAX_INPUT_CHARS": "many"}, "MAX_INPUT_CHARS: 'many': Input should be a valid integer"),
     "PACK_CPU_WEIGHTS not a boolean": ({"PACK_CPU_WEIGHTS": "maybe"},

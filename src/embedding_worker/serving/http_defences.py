@@ -138,12 +138,13 @@ async def _preflight(send, headers: dict[str, str]) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def error_body(status: int, message: str, openai: bool) -> dict[str, Any]:
-    """One error shape per API family: OpenAI's object under `/openai/`, RunPod's elsewhere."""
+def error_body(status: int, message: str, openai: bool, param: str | None = None) -> dict[str, Any]:
+    """One error shape per API family: OpenAI's object under `/openai/` (`param`: the request
+    field at fault, where known), RunPod's elsewhere."""
     if not openai:
         return {"error": message}
     kind = "rate_limit_error" if status == 429 else "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "param": None,
+    return {"error": {"message": message, "type": kind, "param": param,
                       "code": "model_not_found" if status == 404 and message.startswith("model") else None}}
 
 

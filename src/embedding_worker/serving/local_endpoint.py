@@ -231,28 +231,13 @@ async def _job_input(request: Request) -> Any:
 
 
 def _openai_error(error: WorkerError) -> Response:
-    field, _, _ = error.message.partition(":")
-    return FastJSON(
-        {
-            "error": {
-                "message": error.message,
-                "type": _error_type(error.status_code),
-                "param": field if field.isidentifier() else None,
-                "code": "model_not_found" if error.status_code == 404 else None,
-            }
-        },
-        status_code=error.status_code,
-    )
+    field, _, _ = error.message.partition(":")  # a request error starts with the field at fault
+    return FastJSON(error_body(error.status_code, error.message, True, field if field.isidentifier() else None),
+                    status_code=error.status_code)
 
 
 async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
     return Response(status_code=499)  # nobody is listening: no body, no log
-
-
-def _error_type(status_code: int) -> str:
-    if status_code == 429:
-        return "rate_limit_error"
-    return "invalid_request_error" if status_code < 500 else "server_error"
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
