@@ -60,6 +60,7 @@ class StandInHub:
         self.commit = commit
         self.gated = gated or {}  # repo id -> the token that opens it
         self.faults: list[Fault] = []
+        self.extra_siblings: list[dict] = []  # listed as they are, after the repository's files
         self.requests: list[Served] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -106,7 +107,7 @@ class StandInHub:
             if name.endswith(LFS_SUFFIXES):
                 entry["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": size, "pointerSize": 130}
             listed.append(entry)
-        return listed
+        return listed + self.extra_siblings
 
 
 def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:

@@ -156,7 +156,7 @@ def wav_header_claiming(frames: int, rate: int = RATE) -> bytes:
      "input: item 0: a data URI must be data:audio/<type>;base64,<data>"),
     ("unreachable", {"audio": "http://127.0.0.1:9/clip.wav"}, "input: item 0: fetching http://127.0.0.1:9/clip.wav failed"),
     ("file URL", {"audio": "file:///etc/passwd"}, "input: item 0: the 'file' scheme is not allowed"),
-    ("too many", None, "input: has 5 audio clips; the limit is 4 (MAX_IMAGES_PER_REQUEST)"),
+    ("too many", None, "input: has 5 audio clips; the limit is 4 (MAX_MEDIA_PER_REQUEST)"),
 ])
 def test_bad_audio_fails_in_one_line_and_the_worker_serves_on(served, case, item, message):
     wav = data_uri(CLIPS["wav 48 kHz"][0])

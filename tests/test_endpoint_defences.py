@@ -57,6 +57,9 @@ def test_a_40_mb_body_gets_413_at_once_and_the_server_keeps_serving(endpoint):
     ({"Host": "evil.example"}, 421),
     ({"Host": "evil.example:8000"}, 421),
     ({"Origin": "http://evil.example"}, 403),
+    ({"Origin": "http://203.0.113.7"}, 403),  # a page served from a bare IP address
+    ({"Origin": "http://[2001:db8::7]:8000"}, 403),
+    ({"Origin": "http://[::1"}, 403),  # not a URL at all
     ({"Content-Type": "text/plain"}, 415),
     ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
 ])
@@ -70,6 +73,15 @@ def test_cross_site_and_rebinding_requests_are_refused(endpoint, headers, status
         reply = httpx.post(f"http://{host}:{port_of(base)}/v2/local/runsync", json=JOB, timeout=30,
                            headers={"Origin": f"http://{host}:{port_of(base)}"})
         assert reply.json()["status"] == "COMPLETED"
+
+
+def test_a_page_on_a_bare_ip_address_cannot_purge_the_queue_and_loopback_pages_can(endpoint):
+    server, base = endpoint
+    reply = httpx.post(f"{base}/purge-queue", headers={"Origin": "http://203.0.113.7"}, timeout=30)
+    assert reply.status_code == 403
+    assert reply.json() == {"error": "cross-origin requests from 'http://203.0.113.7' are refused"}
+    for origin in ("http://127.0.0.2:3000", "http://[::1]:3000", "http://localhost:3000"):
+        assert httpx.post(f"{base}/purge-queue", headers={"Origin": origin}, timeout=30).status_code == 200
 
 
 def test_idle_and_slow_connections_are_closed_after_the_header_timeout(endpoint):

@@ -152,7 +152,7 @@ def bad_cases(base: str) -> dict:
         "file URL": ({"image": "file:///etc/passwd"}, "input: item 0: the 'file' scheme is not allowed; send an "
                                                       "http(s) URL, a data:image URI or base64"),
         "too large": ({"image": base + "/big.png"}, "input: item 0: the image has "),
-        "too many": (None, "input: has 5 images; the limit is 4 (MAX_IMAGES_PER_REQUEST)"),
+        "too many": (None, "input: has 5 images; the limit is 4 (MAX_MEDIA_PER_REQUEST)"),
     }
 
 

@@ -297,9 +297,11 @@ def test_a_full_disk_names_the_folder_and_the_bytes(hub, places):
 # Workers killed mid-download, and workers sharing a volume
 
 
-def download_in_a_process(hub: StandInHub, cache: Path) -> subprocess.Popen:
+def download_in_a_process(hub: StandInHub, cache: Path, stale_after: float = 60.0) -> subprocess.Popen:
     code = ("import logging, sys; from pathlib import Path; sys.path.insert(0, 'src');"
             "logging.basicConfig(level=logging.INFO);"
+            "from embedding_worker.engine.model_sources import download as module;"
+            f"module.STALE_AFTER = {stale_after};"
             "from embedding_worker.engine.model_sources.download import download;"
             "from embedding_worker.engine.model_sources.hub import HubAccess;"
             "print(download(sys.argv[1], None, Path(sys.argv[2]), HubAccess.from_environment(60)))")
@@ -417,3 +419,95 @@ def test_a_baked_model_is_checked_offline_against_the_hubs_list(hub, places, tin
     tokenizer.write_bytes(tokenizer.read_bytes().replace(b"[CLS]", b"[XYZ]"))
     with pytest.raises(ModelLoadError, match="tokenizer.json is not what the hub holds"):
         resolve_model(REPO, None, places, access=access(hub, offline=True))
+
+
+# Hostile listings and shared downloads
+
+
+@pytest.mark.parametrize("sibling, problem", [
+    ({"rfilename": "../../../../escaped.txt", "size": 5, "blobId": "0" * 40},
+     "it names a file '../../../../escaped.txt', which is not a plain relative path (an empty, '.' or '..' part)"),
+    ({"rfilename": "/tmp/escaped.txt", "size": 5, "blobId": "0" * 40},
+     "it names a file '/tmp/escaped.txt', which is absolute"),
+    ({"rfilename": "1_Pooling/../../escaped.txt", "size": 5, "blobId": "0" * 40},
+     "it names a file '1_Pooling/../../escaped.txt', which is not a plain relative path (an empty, '.' or '..' part)"),
+    ({"rfilename": "escaped.bin", "size": 5, "lfs": {"sha256": "../../../escaped", "size": 5}},
+     "the sha256 of 'escaped.bin', '../../../escaped', is not a sha256 hash"),
+    ({"rfilename": "escaped.txt", "size": 5, "blobId": "../../escaped"},
+     "the blob id of 'escaped.txt', '../../escaped', is not a git hash"),
+])
+def test_a_file_list_naming_paths_outside_the_cache_fails_in_one_line_and_writes_nothing_outside(
+        hub, places, tmp_path, sibling, problem):
+    hub.extra_siblings.append(sibling)
+    with pytest.raises(ModelLoadError) as failed:
+        resolve_model(REPO, None, places, access=access(hub))
+    assert str(failed.value) == f"could not load model '{REPO}': the hub's file list is refused: {problem}"
+    assert not list(tmp_path.parent.rglob("escaped*")) and not Path("/tmp/escaped.txt").exists()
+    assert not any("/resolve/" in r.path for r in hub.requests)  # not a byte fetched
+
+
+def test_a_writer_stalled_past_the_stale_time_is_taken_over_and_the_published_file_is_the_hubs(
+        hub, places, tiny_embedder_path):
+    """Two workers, one cache: the first stalls mid-file past STALE_AFTER (here 2 s); the
+    second takes its part file over and finishes; the first sees its file renamed at its next
+    write and ends with the published file. Both blobs are the hub's bytes."""
+    size = (tiny_embedder_path / WEIGHTS).stat().st_size
+    hub.add_fault(Fault(WEIGHTS, stall=6.0))  # the first transfer: half, a 6 s stall, the rest
+    blobs = repo_folder(places.download_cache, REPO) / "blobs"
+    first = download_in_a_process(hub, places.download_cache, stale_after=2.0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        parts = list(blobs.glob("*.part-*")) if blobs.is_dir() else []
+        if parts and parts[0].stat().st_size >= size // 2 and time.time() - parts[0].stat().st_mtime > 2.5:
+            break
+        time.sleep(0.05)
+    second = download_in_a_process(hub, places.download_cache, stale_after=2.0)
+    results = [worker.communicate(timeout=120) for worker in (second, first)]
+    for worker, (_, stderr) in zip((second, first), results):
+        assert worker.returncode == 0, stderr[-2000:]
+    ranges = [r.range for r in weights_gets(hub)]
+    assert ranges[0] is None and ranges[1] == f"bytes={size // 2}-"  # the second resumed the first's part
+    snapshot = find_snapshot(places.download_cache, REPO, None)
+    assert (snapshot / WEIGHTS).read_bytes() == (tiny_embedder_path / WEIGHTS).read_bytes()
+    assert not list(blobs.glob("*.part-*"))
+
+
+def test_a_part_file_of_a_dead_writer_whose_pid_is_alive_again_is_resumed(hub, places, tiny_embedder_path):
+    """In a container the worker is PID 1 in every life: a part file left by an earlier PID 1
+    (another start time) is its dead writer's, not a live one's, however fresh it is."""
+    from embedding_worker.engine.model_sources.download import HOST, _in_use, _process_start
+
+    listing = {f["rfilename"]: f for f in hub.files(REPO)}
+    blob = repo_folder(places.download_cache, REPO) / "blobs" / listing[WEIGHTS]["lfs"]["sha256"]
+    blob.parent.mkdir(parents=True)
+    stale = blob.with_name(f"{blob.name}.part-{HOST}-1@1-0123456789ab")
+    stale.write_bytes((tiny_embedder_path / WEIGHTS).read_bytes()[:4096])
+    live = blob.with_name(f"{blob.name}.part-{HOST}-{os.getpid()}@{_process_start(os.getpid())}-0123456789ab")
+    live.write_bytes(b"")
+    assert not _in_use(stale) and _in_use(live)
+    os.utime(live, (time.time() - 600, time.time() - 600))
+    assert not _in_use(live)  # no write for STALE_AFTER: dead whoever it is
+    live.unlink()
+    found = resolve_model(REPO, None, places, access=access(hub))
+    assert_same_files(found.path, tiny_embedder_path)
+    assert [r.range for r in weights_gets(hub)] == ["bytes=4096-"]
+
+
+def test_large_weights_copied_from_a_read_only_cache_are_hashed_before_they_are_published(
+        hub, places, tiny_embedder_path, monkeypatch):
+    """A baked snapshot, damaged (its tokenizer cut), whose weights have the right size but not
+    the right bytes; weights are too large to be hashed at start-up (HASHED_UP_TO, here 0), so
+    only the copy's check can tell: the weights are fetched from the hub instead."""
+    from embedding_worker.engine.model_sources import snapshot_check
+
+    baked = hub_client_download(hub, places.baked_cache)
+    weights = baked.resolve() / WEIGHTS
+    data = bytearray(weights.resolve().read_bytes())
+    data[-1] ^= 0xFF
+    weights.resolve().write_bytes(bytes(data))
+    os.truncate((baked / "tokenizer.json").resolve(), 10)
+    monkeypatch.setattr(snapshot_check, "HASHED_UP_TO", 0)
+    hub.requests.clear()
+    found = resolve_model(REPO, None, places, access=access(hub))
+    assert (found.path / WEIGHTS).read_bytes() == (tiny_embedder_path / WEIGHTS).read_bytes()
+    assert len(weights_gets(hub)) == 1

@@ -45,7 +45,7 @@ def test_defaults(env):
     assert settings.infinity_queue_size == 48000
     assert settings.runpod_max_concurrency == 300
     assert settings.limits.model_dump() == {
-        "max_embed_inputs": 2048, "max_rerank_docs": 1000, "max_input_chars": 100_000, "max_images": 64
+        "max_embed_inputs": 2048, "max_rerank_docs": 1000, "max_input_chars": 100_000, "max_media": 64
     }
 
 
@@ -78,7 +78,7 @@ def test_limits_are_configurable(env):
                              MAX_IMAGE_PIXELS="9", IMAGE_FETCH_TIMEOUT="1.5", ALLOW_PRIVATE_URLS="true",
                              MAX_AUDIO_SECONDS="2.5")
     assert settings.limits.model_dump() == {
-        "max_embed_inputs": 4, "max_rerank_docs": 5, "max_input_chars": 6, "max_images": 7
+        "max_embed_inputs": 4, "max_rerank_docs": 5, "max_input_chars": 6, "max_media": 7
     }
     limits = settings.media_limits
     assert (limits.max_bytes, limits.max_pixels, limits.fetch_timeout, limits.allow_private_urls,

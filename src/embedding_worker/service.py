@@ -7,15 +7,14 @@ pydantic schemas and raise `WorkerError`s.
 from __future__ import annotations
 
 import asyncio
-import base64
 from functools import partial
 
 import numpy as np
 
-from embedding_worker import compact
-from embedding_worker.media.audio import load_audio
-from embedding_worker.media.fetch import MediaLimits
-from embedding_worker.media.images import load_images
+from embedding_worker import compact, outputs
+from embedding_worker.media.audio import Audio
+from embedding_worker.media.fetch import MediaLimits, prepare_media
+from embedding_worker.media.images import Images
 from embedding_worker.api.schemas import (
     AudioInput,
     Classification,
@@ -27,7 +26,6 @@ from embedding_worker.api.schemas import (
     ImageInput,
     EmbeddingResponse,
     LabelScore,
-    SparseEmbedding,
     ModelCard,
     ModelList,
     ModelStats,
@@ -41,15 +39,17 @@ from embedding_worker.api.schemas import (
 )
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hybrid import DENSE, MULTI_VECTOR, SPARSE
-from embedding_worker.engine.hybrid.vectors import HybridVectors, Query
+from embedding_worker.engine.hybrid.vectors import HybridText, HybridVectors
 from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.errors import InvalidRequest, NonFiniteOutput
 
 
 class EmbeddingService:
-    def __init__(self, registry: EngineRegistry, media_limits: MediaLimits | None = None) -> None:
+    def __init__(self, registry: EngineRegistry, media_limits: MediaLimits | None = None,
+                 max_output_values: int = 2**23) -> None:
         self.registry = registry
         self.media_limits = media_limits or MediaLimits()
+        self.max_output_values = max_output_values
 
     def is_classifier(self, model_name: str) -> bool:
         """Whether a standard `{"model", "input"}` job to this model means classification."""
@@ -63,9 +63,12 @@ class EmbeddingService:
         _check_embedding_types(model, request, types)
         if request.dimensions is not None and model.embedding_dimension is not None:
             _check_dimensions(request.dimensions, model.embedding_dimension, model.name)
+        if DENSE in types and model.embedding_dimension is not None:
+            dimension = request.dimensions or model.embedding_dimension
+            outputs.require_output_budget(len(request.input) * dimension, self.max_output_values, "vectors")
         prefix = model.prompts.prefix(model.name, request.input_type, request.prompt_name, request.prompt)
         if model.embedding_types != (DENSE,) and not request.has_media:
-            outputs, tokens = await self._hybrid_outputs(model, request, prefix, types)
+            found, tokens = await self._hybrid_outputs(model, request, prefix, types)
         else:
             if request.has_media:
                 matrix, tokens = await self._mixed_vectors(model, request.input, prefix, request.truncate)
@@ -75,11 +78,11 @@ class EmbeddingService:
                     await self._refuse_long_inputs(model, texts)
                 await self.registry.start()
                 matrix, tokens = await self._vectors(model, texts)
-            outputs = {DENSE: await self._dense_output(model, matrix, request)}
+            found = {DENSE: await self._dense_output(model, matrix, request)}
         if request.embedding_types is None:
-            data = [Embedding.model_construct(embedding=vector, index=i) for i, vector in enumerate(outputs[types[0]])]
+            data = [Embedding.model_construct(embedding=vector, index=i) for i, vector in enumerate(found[types[0]])]
         else:
-            data = [Embedding.model_construct(embeddings={t: outputs[t][i] for t in types}, index=i)
+            data = [Embedding.model_construct(embeddings={t: found[t][i] for t in types}, index=i)
                     for i in range(len(request.input))]
         return EmbeddingResponse(model=model.name, data=data, usage=Usage.of(tokens))
 
@@ -87,36 +90,44 @@ class EmbeddingService:
         """One dense vector per row of `matrix`, cut to `dimensions` and in `encoding_format`."""
         if request.dimensions is not None:
             _check_dimensions(request.dimensions, matrix.shape[1], model.name)
-            matrix = shorten(matrix, request.dimensions)
-        if request.encoding_format in compact.INTEGER_FORMATS:
-            scale = None
-            if "int8" in request.encoding_format:
-                scale = await self._int8_scale(model, DENSE, request.dimensions)
-            return compact.quantize(matrix, request.encoding_format, scale).tolist()
-        if request.encoding_format == "base64":
-            return [to_base64(vector) for vector in matrix]
-        return matrix.tolist()
+            matrix = outputs.shorten(matrix, request.dimensions)
+        outputs.require_output_budget(matrix.size, self.max_output_values, "vectors")
+        scale = None
+        if "int8" in request.encoding_format:
+            scale = await self._int8_scale(model, DENSE, request.dimensions)
+        return outputs.dense(matrix, request.encoding_format, scale)
 
     async def _hybrid_outputs(self, model: DeployedModel, request: EmbeddingRequest, prefix: str,
                               types: list[str]) -> tuple[dict[str, list], int]:
-        """Every asked type from one pass of a sparse or multi-vector model."""
+        """Every asked type, and only those, from one pass of a sparse or multi-vector model."""
         texts = [prefix + text for text in request.input] if prefix else list(request.input)
-        if not request.truncate:
-            await self._refuse_long_inputs(model, texts)
-        if request.input_type in ("query", "search_query"):
-            texts = [Query(text) for text in texts]
+        if not request.truncate or MULTI_VECTOR in types:
+            counts = await self._token_counts(model, texts)
+            if not request.truncate:
+                _refuse_long(model, counts)
+            if MULTI_VECTOR in types:
+                rows = sum(min(count, model.max_input_tokens or count) for count in counts)
+                outputs.require_output_budget(rows * (model.embedding_dimension or 1), self.max_output_values,
+                                              "token vectors")
+        query = request.input_type in ("query", "search_query")
+        asked = frozenset(types)
         await self.registry.start()
-        found, tokens = await self._hybrid_vectors(model, texts)
-        outputs: dict[str, list] = {}
+        vectors, tokens = await self._hybrid_vectors(model, [HybridText(t, query, asked) for t in texts])
+        found: dict[str, list] = {}
         if DENSE in types:
-            outputs[DENSE] = await self._dense_output(model, np.stack([v.dense for v in found]), request)
+            found[DENSE] = await self._dense_output(model, np.stack([v.dense for v in vectors]), request)
         if SPARSE in types:
             top_k = request.max_active_dims or model.sparse_top_k
-            outputs[SPARSE] = [_sparse(*v.sparse, top_k) for v in found]
+            kept = [min(len(v.sparse[1]), top_k or len(v.sparse[1])) for v in vectors]
+            outputs.require_output_budget(2 * sum(kept), self.max_output_values, "sparse weights")
+            found[SPARSE] = [outputs.sparse(*v.sparse, top_k) for v in vectors]
         if MULTI_VECTOR in types:
-            outputs[MULTI_VECTOR] = [await self._multi_vector_output(model, v.multi_vector, request.encoding_format)
-                                     for v in found]
-        return outputs, tokens
+            outputs.require_output_budget(sum(v.multi_vector.size for v in vectors), self.max_output_values,
+                                          "token vectors")
+            scale = await self._int8_scale(model, MULTI_VECTOR, None) if "int8" in request.encoding_format else None
+            found[MULTI_VECTOR] = [outputs.multi_vector(v.multi_vector, request.encoding_format, scale)
+                                   for v in vectors]
+        return found, tokens
 
     async def _hybrid_vectors(self, model: DeployedModel, texts: list[str]) -> tuple[list[HybridVectors], int]:
         found, tokens = await self.registry.call(model, lambda: model.engine.embed(texts), len(texts))
@@ -126,20 +137,13 @@ class EmbeddingService:
                     _require_finite(values, model)
         return found, tokens
 
-    async def _multi_vector_output(self, model: DeployedModel, matrix: np.ndarray, encoding_format: str) -> list:
-        """One text's token vectors in `encoding_format`."""
-        if encoding_format in compact.INTEGER_FORMATS:
-            scale = await self._int8_scale(model, MULTI_VECTOR, None) if "int8" in encoding_format else None
-            return compact.quantize(matrix, encoding_format, scale).tolist()
-        if encoding_format == "base64":
-            return [to_base64(vector) for vector in matrix]
-        return matrix.tolist()
-
     async def _mixed_vectors(self, model: DeployedModel, items: list, prefix: str,
                              truncate: bool) -> tuple[np.ndarray, int]:
         """Texts through the model's text tower, images or audio through its other tower (one
         space for CLIP- and CLAP-style models), back in input order; usage counts the text
-        tokens."""
+        tokens. Every picture's and clip's header is read and the request's budgets checked
+        before anything is embedded; then they are decoded a batch at a time, as the engine
+        takes them."""
         media: dict[str, dict[int, str]] = {"image": {}, "audio": {}}
         for i, item in enumerate(items):
             if isinstance(item, ImageInput):
@@ -157,22 +161,23 @@ class EmbeddingService:
         texts = {i: prefix + item for i, item in enumerate(items) if isinstance(item, str)}
         if texts and not truncate:
             await self._refuse_long_inputs(model, list(texts.values()))
-        loaded = await load_images(media["image"], self.media_limits) if media["image"] else {}
-        clips = await load_audio(media["audio"], self.media_limits, _sampling_rate(model)) if media["audio"] else {}
+        prepared = await prepare_media([(Images(model.image_side), media["image"]),
+                                        (Audio(model.sampling_rate or 48_000), media["audio"])], self.media_limits)
         await self.registry.start()
         rows: dict[int, np.ndarray] = {}
         tokens = 0
         if texts:
             text_vectors, tokens = await self._vectors(model, list(texts.values()))
             rows.update(zip(texts, text_vectors))
-        for found, embed in ((loaded, lambda batch: model.engine.image_embed(images=batch)),
-                             (clips, lambda batch: model.engine.audio_embed(audios=batch))):
-            if found:
-                batch = list(found.values())
-                vectors, _ = await self.registry.call(model, partial(embed, batch), len(batch))
+        embed = {"image": lambda batch: model.engine.image_embed(images=batch),
+                 "audio": lambda batch: model.engine.audio_embed(audios=batch)}
+        for pictures_or_clips in prepared:
+            async for decoded in pictures_or_clips.batches(model.spec.batch_size):
+                batch, kind = list(decoded.values()), pictures_or_clips.kind.name
+                vectors, _ = await self.registry.call(model, partial(embed[kind], batch), len(batch))
                 matrix = np.asarray(vectors, dtype=np.float32)
                 _require_finite(matrix, model)
-                rows.update(zip(found, matrix))
+                rows.update(zip(decoded, matrix))
         matrix = np.stack([rows[i] for i in range(len(items))])
         model.embedding_dimension = matrix.shape[1]
         return matrix, tokens
@@ -184,17 +189,13 @@ class EmbeddingService:
         model.embedding_dimension = matrix.shape[1]
         return matrix, tokens
 
+    async def _token_counts(self, model: DeployedModel, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in await asyncio.to_thread(model.token_ids, texts)]
+
     async def _refuse_long_inputs(self, model: DeployedModel, texts: list[str]) -> None:
         """`truncate: false`: an input past the model's limit fails the request, as OpenAI's does."""
-        if model.max_input_tokens is None:
-            return
-        counts = [len(ids) for ids in await asyncio.to_thread(model.token_ids, texts)]
-        for position, count in enumerate(counts):
-            if count > model.max_input_tokens:
-                raise InvalidRequest(
-                    f"input: item {position} has {count} tokens; model {model.name!r} takes at most "
-                    f"{model.max_input_tokens} (max_input_tokens); shorten it, or send truncate: true"
-                )
+        if model.max_input_tokens is not None:
+            _refuse_long(model, await self._token_counts(model, texts))
 
     async def _int8_scale(self, model: DeployedModel, kind: str, dimensions: int | None) -> float:
         """The model's fixed int8 scale for one embedding type at `dimensions`, measured once
@@ -204,11 +205,12 @@ class EmbeddingService:
             if model.embedding_types == (DENSE,):
                 calibration, _ = await self._vectors(model, compact.CALIBRATION_TEXTS)
             else:
-                found, _ = await self._hybrid_vectors(model, compact.CALIBRATION_TEXTS)
+                texts = [HybridText(text, types=frozenset({kind})) for text in compact.CALIBRATION_TEXTS]
+                found, _ = await self._hybrid_vectors(model, texts)
                 calibration = (np.stack([v.dense for v in found]) if kind == DENSE
                                else np.concatenate([v.multi_vector for v in found]))
             if dimensions is not None:
-                calibration = shorten(calibration, dimensions)
+                calibration = outputs.shorten(calibration, dimensions)
             model.int8_scales[key] = compact.int8_scale(calibration)
         return model.int8_scales[key]
 
@@ -255,7 +257,7 @@ class EmbeddingService:
         vectors to the longest one, so a shorter document's best is never below 0."""
         query = model.prompts.prefix(model.name, "query", None, None) + request.query
         document_prefix = model.prompts.prefix(model.name, "document", None, None)
-        texts = [Query(query), *(document_prefix + doc for doc in request.docs)]
+        texts = [HybridText(query, query=True), *(document_prefix + doc for doc in request.docs)]
         found, tokens = await self._hybrid_vectors(model, texts)
         query_vectors, documents = found[0].multi_vector, [v.multi_vector for v in found[1:]]
         longest = max(len(d) for d in documents)
@@ -325,11 +327,6 @@ def _require_finite(values: np.ndarray, model: DeployedModel) -> None:
         raise NonFiniteOutput(f"model {model.name!r} computed NaN or infinity for this input at {model.dtype}{advice}")
 
 
-def _sampling_rate(model: DeployedModel) -> int:
-    """The rate a CLAP-style model's feature extractor takes (Infinity's replica knows it)."""
-    return model.engine._model_replicas[0].sampling_rate
-
-
 def _check_embedding_types(model: DeployedModel, request: EmbeddingRequest, types: list[str]) -> None:
     """Each asked type, format and option must fit the model and each other: one line if not."""
     gives = ", ".join(model.embedding_types)
@@ -348,12 +345,13 @@ def _check_embedding_types(model: DeployedModel, request: EmbeddingRequest, type
                              f"{', '.join(types)} (model {model.name!r} gives: {gives})")
 
 
-def _sparse(indices: np.ndarray, values: np.ndarray, top_k: int | None) -> SparseEmbedding:
-    """Non-zero weights by token id ascending; the `top_k` largest only, where asked."""
-    if top_k is not None and len(values) > top_k:
-        keep = np.sort(np.argsort(-values, kind="stable")[:top_k])
-        indices, values = indices[keep], values[keep]
-    return SparseEmbedding.model_construct(indices=indices.tolist(), values=values.tolist())
+def _refuse_long(model: DeployedModel, counts: list[int]) -> None:
+    for position, count in enumerate(counts):
+        if model.max_input_tokens is not None and count > model.max_input_tokens:
+            raise InvalidRequest(
+                f"input: item {position} has {count} tokens; model {model.name!r} takes at most "
+                f"{model.max_input_tokens} (max_input_tokens); shorten it, or send truncate: true"
+            )
 
 
 def _check_dimensions(dimensions: int, model_dimension: int, model_name: str) -> None:
@@ -362,15 +360,3 @@ def _check_dimensions(dimensions: int, model_dimension: int, model_name: str) ->
             f"dimensions: must be between 1 and {model_dimension} for model {model_name!r}, "
             f"got {dimensions}"
         )
-
-
-def shorten(matrix: np.ndarray, dimensions: int) -> np.ndarray:
-    """Keep the first `dimensions` of each vector and scale it back to unit length."""
-    prefix = matrix[:, :dimensions]
-    norms = np.linalg.norm(prefix, axis=1, keepdims=True)
-    return prefix / np.where(norms == 0, 1, norms)
-
-
-def to_base64(vector: np.ndarray) -> str:
-    """OpenAI's `encoding_format="base64"`: the little-endian float32 bytes."""
-    return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")

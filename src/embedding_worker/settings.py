@@ -10,7 +10,7 @@ import os
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedding_worker.engine.cpu_quota import available_cpus, limit_threads
@@ -77,11 +77,21 @@ class WorkerSettings(BaseSettings):
     max_embed_inputs: int = 2048
     max_rerank_docs: int = 1000
     max_input_chars: int = 100_000
-    max_images_per_request: int = 64
-    max_image_bytes: int = 10 * 2**20
-    max_image_pixels: int = 40_000_000
-    image_fetch_timeout: float = 10.0
+    # Media limits apply to images and audio alike; the names they had when only images were
+    # served are still read (MAX_IMAGES_PER_REQUEST, MAX_IMAGE_BYTES, IMAGE_FETCH_TIMEOUT).
+    max_media_per_request: int = Field(64, validation_alias=AliasChoices("max_media_per_request",
+                                                                         "max_images_per_request"))
+    max_media_bytes: int = Field(10 * 2**20, validation_alias=AliasChoices("max_media_bytes", "max_image_bytes"))
+    max_request_media_bytes: int = 64 * 2**20  # fetched or inline bytes of all a request's media
+    media_fetch_timeout: float = Field(10.0, validation_alias=AliasChoices("media_fetch_timeout",
+                                                                           "image_fetch_timeout"))
+    max_image_pixels: int = 40_000_000  # per image, from its header
+    max_request_pixels: int = 200_000_000  # all a request's images together
     max_audio_seconds: float = 60.0  # longer audio clips are refused
+    max_audio_samples: int = 5_760_000  # frames x channels per clip: 60 s of 48 kHz stereo
+    max_request_audio_samples: int = 100_000_000  # all a request's clips together
+    max_audio_sample_rate: int = 192_000  # Hz
+    max_output_values: int = 2**23  # numbers in one response: 2,048 vectors of 4,096 dimensions
     log_format: Literal["text", "json"] = "text"  # one line per event: plain, or a JSON object
     allow_private_urls: bool = False  # fetch image URLs on loopback and private networks too
     onnx_quantized: bool = False
@@ -131,11 +141,17 @@ class WorkerSettings(BaseSettings):
         "max_embed_inputs",
         "max_rerank_docs",
         "max_input_chars",
-        "max_images_per_request",
-        "max_image_bytes",
+        "max_media_per_request",
+        "max_media_bytes",
+        "max_request_media_bytes",
+        "media_fetch_timeout",
         "max_image_pixels",
-        "image_fetch_timeout",
+        "max_request_pixels",
         "max_audio_seconds",
+        "max_audio_samples",
+        "max_request_audio_samples",
+        "max_audio_sample_rate",
+        "max_output_values",
         "model_download_timeout",
     )
     @classmethod
@@ -217,14 +233,18 @@ class WorkerSettings(BaseSettings):
             max_embed_inputs=self.max_embed_inputs,
             max_rerank_docs=self.max_rerank_docs,
             max_input_chars=self.max_input_chars,
-            max_images=self.max_images_per_request,
+            max_media=self.max_media_per_request,
         )
 
     @property
     def media_limits(self) -> MediaLimits:
-        return MediaLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
-                           fetch_timeout=self.image_fetch_timeout, allow_private_urls=self.allow_private_urls,
-                           max_audio_seconds=self.max_audio_seconds)
+        return MediaLimits(
+            max_bytes=self.max_media_bytes, max_request_bytes=self.max_request_media_bytes,
+            fetch_timeout=self.media_fetch_timeout, allow_private_urls=self.allow_private_urls,
+            max_pixels=self.max_image_pixels, max_request_pixels=self.max_request_pixels,
+            max_audio_seconds=self.max_audio_seconds, max_audio_samples=self.max_audio_samples,
+            max_request_audio_samples=self.max_request_audio_samples, max_sample_rate=self.max_audio_sample_rate,
+        )
 
     def export_engine_environment(self) -> None:
         """Set the variables Infinity and the math libraries read when first imported."""

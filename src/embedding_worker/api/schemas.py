@@ -28,7 +28,7 @@ class RequestLimits(BaseModel):
     max_embed_inputs: int = 2048  # MAX_EMBED_INPUTS: texts per embeddings/classify request
     max_rerank_docs: int = 1000  # MAX_RERANK_DOCS: documents per rerank request
     max_input_chars: int = 100_000  # MAX_INPUT_CHARS: characters per text, query or document
-    max_images: int = 64  # MAX_IMAGES_PER_REQUEST: images per embeddings request
+    max_media: int = 64  # MAX_MEDIA_PER_REQUEST: images and audio clips per embeddings request
 
 
 def json_type(value: Any) -> str:
@@ -171,9 +171,9 @@ def _embedding_items(value: Any, limits: RequestLimits, modality: str) -> list[s
             raise ValueError(f"item {position}: {kind} must be a non-empty string")
         items.append(MEDIA[kind](**{kind: content}) if kind in MEDIA else _bounded_text(content, limits, f"item {position} "))
     media = [type(item) for item in items if not isinstance(item, str)]
-    if len(media) > limits.max_images:
+    if len(media) > limits.max_media:
         noun = " and ".join(name for name, kind in (("images", ImageInput), ("audio clips", AudioInput)) if kind in media)
-        raise ValueError(f"has {len(media)} {noun}; the limit is {limits.max_images} (MAX_IMAGES_PER_REQUEST)")
+        raise ValueError(f"has {len(media)} {noun}; the limit is {limits.max_media} (MAX_MEDIA_PER_REQUEST)")
     return items
 
 
@@ -310,10 +310,18 @@ class SparseEmbedding(BaseModel):
     values: list[float]
 
 
+class Base64Matrix(BaseModel):
+    """A text's token vectors with `encoding_format: base64`: one matrix, row-major
+    little-endian float32, with its shape (rows are tokens)."""
+
+    shape: list[int]
+    base64: str
+
+
 # floats; integers for int8, uint8, binary and ubinary; base64 of little-endian float32
 DenseVector = list[int] | list[float] | str
-# sparse: an object; multi-vector: one dense vector per token
-AnyEmbedding = DenseVector | SparseEmbedding | list[DenseVector]
+# sparse: an object; multi-vector: one dense vector per token, or one base64 matrix
+AnyEmbedding = DenseVector | SparseEmbedding | Base64Matrix | list[DenseVector]
 
 
 class Embedding(BaseModel):

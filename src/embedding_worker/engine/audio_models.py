@@ -8,7 +8,8 @@
 - Usage: Infinity counts every item's tokens, and spells an audio clip for it as the word
   "token" repeated once per sample: for a 10 s clip at 48 kHz, a 2.4 MB string through the
   tokenizer on every request. A clip counts no tokens here (usage counts text, as for
-  images) and costs no tokenizing.
+  images) and costs no tokenizing. Infinity counts a text at the padded length of the
+  model's input (64 for every text of a tiny CLAP); here a text counts its real tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ def fit_audio_model(model_object: Any) -> bool:
     """Fit a CLAP-style replica as the module says; False for any other model."""
     if "audio_embed" not in getattr(model_object, "capabilities", ()):
         return False
-    processor, count = model_object.processor, model_object.tokenize_lengths
+    processor = model_object.processor
+
+    def count(texts: list[str]) -> list[int]:
+        encoded = processor.tokenizer(texts, truncation=True, max_length=model_object.max_length,
+                                      return_attention_mask=False, return_token_type_ids=False)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def encode_pre(items: list) -> tuple[dict, list[bool]]:
         is_audio = [not isinstance(item, str) for item in items]

@@ -30,6 +30,8 @@ class DeployedModel:
     int8_scales: dict[tuple[str, int], float] = field(default_factory=dict)  # per type and dimensions
     embedding_types: tuple[str, ...] = ("dense",)  # what `embedding_types` may ask; the first is the default
     sparse_top_k: int | None = None  # the model's own cap on non-zero sparse weights (max_active_dims)
+    image_side: int | None = None  # pixels: the side of an image-text model's input picture
+    sampling_rate: int | None = None  # Hz: what an audio-text model takes
     health: EngineHealth = field(init=False)
     _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -121,6 +121,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         tokenizer=private_tokenizer(replicas[0]) if replicas else None,
         embedding_types=layout.types if layout is not None else (DENSE,),
         sparse_top_k=getattr(layout, "max_active_dims", None),
+        **_media_inputs(replicas[0] if replicas else None),
     )
 
 
@@ -142,3 +143,13 @@ def _describe(engine: AsyncEmbeddingEngine) -> tuple[int | None, int | None]:
     if not isinstance(max_tokens, int) or max_tokens > 1_000_000:  # "no limit" sentinels
         max_tokens = None
     return dimension, max_tokens
+
+
+def _media_inputs(model: object) -> dict[str, int | None]:
+    """What an image-text model's processor makes of a picture (its largest side in pixels)
+    and the sampling rate an audio-text model takes, read from Infinity's replica."""
+    processor = getattr(getattr(model, "processor", None), "image_processor", None)
+    sides = [value for size in (getattr(processor, "size", None), getattr(processor, "crop_size", None))
+             if isinstance(size, dict) for value in size.values() if isinstance(value, int)]
+    rate = getattr(model, "sampling_rate", None)
+    return {"image_side": max(sides) if sides else None, "sampling_rate": rate if isinstance(rate, int) else None}

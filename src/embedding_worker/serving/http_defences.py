@@ -3,7 +3,9 @@
 - `RequestGuard` (ASGI middleware): a request reaches the API only if
   - its `Host` is a loopback name, an IP address or a configured name (421 otherwise), so
     a web page cannot reach the endpoint through DNS rebinding;
-  - its `Origin`, when a browser sends one, passes the same rule (403);
+  - its `Origin`, when a browser sends one, is a loopback name or address or a configured
+    name (403 otherwise): a page served from any other address, a bare IP included, cannot
+    run or purge jobs from a visitor's browser;
   - a POST with a body says `Content-Type: application/json` (415), so a cross-site
     "simple" request (`text/plain`, forms) cannot run jobs; a bodiless POST with no
     content type (`/cancel`, `/purge-queue` from curl) passes;
@@ -39,20 +41,35 @@ class BodyRefused(Exception):
         self.status = status
 
 
-def host_allowed(host: str, allowed_names: frozenset[str]) -> bool:
-    """A loopback name, a configured name or any IP literal (DNS rebinding needs a name)."""
+def _host_name(host: str) -> str:
+    """The name or address of a `Host` header or an origin's netloc, without its port."""
     name = host.strip().lower()
     if name.startswith("["):  # [::1]:8000
-        name = name[1:name.find("]")] if "]" in name else name
-    elif name.count(":") == 1:
-        name = name.split(":", 1)[0]
-    if name in LOOPBACK_NAMES or name in allowed_names:
-        return True
+        return name[1:name.find("]")] if "]" in name else name
+    return name.split(":", 1)[0] if name.count(":") == 1 else name
+
+
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        ipaddress.ip_address(name)
+        return ipaddress.ip_address(name)
     except ValueError:
+        return None
+
+
+def host_allowed(host: str, allowed_names: frozenset[str]) -> bool:
+    """A loopback name, a configured name or any IP literal (DNS rebinding needs a name)."""
+    name = _host_name(host)
+    return name in LOOPBACK_NAMES or name in allowed_names or _ip(name) is not None
+
+
+def origin_allowed(origin: str, allowed_names: frozenset[str]) -> bool:
+    """A page's origin: a loopback name or address, or a configured name."""
+    try:
+        name = _host_name(urlsplit(origin).netloc)
+    except ValueError:  # not a URL at all
         return False
-    return True
+    address = _ip(name)
+    return name in LOOPBACK_NAMES or name in allowed_names or (address is not None and address.is_loopback)
 
 
 class RequestGuard:
@@ -89,7 +106,7 @@ class RequestGuard:
         if not host_allowed(host, self.allowed):
             return 421, f"host {host!r} is not served here; use 127.0.0.1 or localhost, or add it to LOCAL_ALLOWED_HOSTS"
         origin = headers.get("origin")
-        if origin and origin != "null" and not host_allowed(urlsplit(origin).netloc, self.allowed):
+        if origin and origin != "null" and not origin_allowed(origin, self.allowed):
             return 403, f"cross-origin requests from {origin!r} are refused"
         if origin == "null":
             return 403, "cross-origin requests from an opaque origin are refused"

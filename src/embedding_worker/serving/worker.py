@@ -49,8 +49,8 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
         options=LoadOptions(settings.onnx_quantized, settings.trust_remote_code, settings.pack_cpu_weights,
                             settings.model_download_timeout),
     )
-    handler = JobHandler(EmbeddingService(registry, settings.media_limits), settings.runpod_max_concurrency,
-                         settings.limits)
+    service = EmbeddingService(registry, settings.media_limits, settings.max_output_values)
+    handler = JobHandler(service, settings.runpod_max_concurrency, settings.limits)
     trimmer = MemoryTrimmer(every=settings.memory_trim_interval)
     return Worker(settings, registry, handler, trimmer.start() if settings.memory_trim_interval else trimmer)
 

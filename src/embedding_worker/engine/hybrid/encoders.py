@@ -17,7 +17,10 @@ the script that made them):
 - `ColbertEncoder` = PyLate's `ColBERT.encode`: the prefix token after [CLS]; queries
   padded with [MASK] to `query_length` (every position kept), documents cut to
   `document_length` with skiplist tokens (punctuation) and padding dropped; normalised.
-  A text is a query when it is a `Query` (see there).
+  A text is a query when it is a `HybridText` marked so (see there).
+
+What a request did not ask for (`HybridText.types`) is neither computed for its batch nor
+kept for its text.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import torch
 from infinity_emb.transformer.abstract import BaseEmbedder
 from torch.nn import functional
 
-from embedding_worker.engine.hybrid.layouts import ColbertLayout, M3Layout, SparseLayout
-from embedding_worker.engine.hybrid.vectors import HybridVectors, Query
+from embedding_worker.engine.hybrid.layouts import DENSE, MULTI_VECTOR, SPARSE, ColbertLayout, M3Layout, SparseLayout
+from embedding_worker.engine.hybrid.vectors import HybridText, HybridVectors, wants
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -160,33 +163,43 @@ class M3Encoder(_Encoder):
         self.max_length = limit if limit and limit < 1_000_000 else None
         self.dimension = self.model.config.hidden_size
 
-    def encode_pre(self, sentences: list[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(list(sentences), padding=True, truncation=True, max_length=self.max_length,
-                              return_tensors="pt")
+    def encode_pre(self, sentences: list[str]) -> dict[str, Any]:
+        features = self.tokenizer(list(sentences), padding=True, truncation=True, max_length=self.max_length,
+                                  return_tensors="pt")
+        return {"features": features, "wants": [{kind for kind in (DENSE, SPARSE, MULTI_VECTOR) if wants(text, kind)}
+                                                for text in sentences]}
 
     @torch.inference_mode()
-    def encode_core(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        features = self._to_device(features)
+    def encode_core(self, batch: dict[str, Any]) -> dict[str, Any]:
+        features, asked = self._to_device(batch["features"]), set().union(*batch["wants"])
         hidden = self.model(**features).last_hidden_state
         mask = features["attention_mask"]
-        dense = functional.normalize(hidden[:, 0].float(), dim=-1)
-        token_weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float()
-        colbert = self.colbert_linear(hidden[:, 1:]).float() * mask[:, 1:, None].float()
-        colbert = functional.normalize(colbert, dim=-1)
-        return {"dense": dense.cpu(), "weights": token_weights.cpu(), "colbert": colbert.cpu(),
-                "input_ids": features["input_ids"].cpu(), "lengths": mask.sum(dim=1).cpu()}
+        out = {"wants": batch["wants"], "input_ids": features["input_ids"].cpu(), "lengths": mask.sum(dim=1).cpu()}
+        if DENSE in asked:
+            out["dense"] = functional.normalize(hidden[:, 0].float(), dim=-1).cpu()
+        if SPARSE in asked:
+            out["weights"] = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float().cpu()
+        if MULTI_VECTOR in asked:
+            colbert = self.colbert_linear(hidden[:, 1:]).float() * mask[:, 1:, None].float()
+            out["colbert"] = functional.normalize(colbert, dim=-1).cpu()
+        return out
 
-    def encode_post(self, out: dict[str, torch.Tensor]) -> list[HybridVectors]:
+    def encode_post(self, out: dict[str, Any]) -> list[HybridVectors]:
         results = []
-        for i, length in enumerate(out["lengths"].tolist()):
-            ids, weights = out["input_ids"][i, :length], out["weights"][i, :length]
-            keep = (weights > 0) & ~torch.isin(ids, self.unused)
-            ids, weights = ids[keep], weights[keep]
-            unique, inverse = torch.unique(ids, return_inverse=True)  # ascending token ids
-            largest = torch.zeros(len(unique)).scatter_reduce_(0, inverse, weights, "amax", include_self=False)
-            results.append(HybridVectors(dense=out["dense"][i].numpy(),
-                                         sparse=(unique.numpy().astype(np.int64), largest.numpy()),
-                                         multi_vector=out["colbert"][i, :length - 1].numpy()))
+        for i, (length, asked) in enumerate(zip(out["lengths"].tolist(), out["wants"])):
+            vectors = HybridVectors()
+            if DENSE in asked:
+                vectors.dense = out["dense"][i].numpy()
+            if SPARSE in asked:
+                ids, weights = out["input_ids"][i, :length], out["weights"][i, :length]
+                keep = (weights > 0) & ~torch.isin(ids, self.unused)
+                ids, weights = ids[keep], weights[keep]
+                unique, inverse = torch.unique(ids, return_inverse=True)  # ascending token ids
+                largest = torch.zeros(len(unique)).scatter_reduce_(0, inverse, weights, "amax", include_self=False)
+                vectors.sparse = (unique.numpy().astype(np.int64), largest.numpy())
+            if MULTI_VECTOR in asked:  # a copy: a view would keep the whole batch's token vectors alive
+                vectors.multi_vector = out["colbert"][i, :length - 1].numpy().copy()
+            results.append(vectors)
         return results
 
 
@@ -241,7 +254,7 @@ class ColbertEncoder(_Encoder):
 
     def encode_pre(self, sentences: list[str]) -> dict[str, Any]:
         rows: list[tuple[list[int], list[int]]] = [([], [])] * len(sentences)
-        kinds = ["query" if isinstance(text, Query) else "document" for text in sentences]
+        kinds = ["query" if isinstance(text, HybridText) and text.query else "document" for text in sentences]
         for kind in ("query", "document"):
             positions = [i for i, k in enumerate(kinds) if k == kind]
             if not positions:

@@ -8,9 +8,27 @@ from dataclasses import dataclass
 import numpy as np
 
 
-class Query(str):
-    """A text to encode as a query (ColBERT's query prefix and expansion): the string passes
-    through Infinity's queue as it is, so the encoder can tell it from a document."""
+class HybridText(str):
+    """A text with what to compute for it: the string passes through Infinity's queue as it
+    is, so the encoder can tell a query (ColBERT's query prefix and expansion) from a document,
+    and compute and keep only the embedding types a request asked for (a dense-only request to
+    BGE-M3 keeps no token vectors). `types` None: every type the model gives."""
+
+    query: bool
+    types: frozenset[str] | None
+
+    def __new__(cls, text: str, query: bool = False, types: frozenset[str] | None = None) -> HybridText:
+        made = super().__new__(cls, text)
+        made.query, made.types = query, types
+        return made
+
+    def wants(self, kind: str) -> bool:
+        return self.types is None or kind in self.types
+
+
+def wants(text: str, kind: str) -> bool:
+    """Whether `kind` is asked of `text` (a plain string: every type)."""
+    return not isinstance(text, HybridText) or text.wants(kind)
 
 
 @dataclass

@@ -24,6 +24,8 @@ from pathlib import Path
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+GIT_SHA1 = COMMIT
+MAX_NAME = 1024  # characters of a file's path inside its repository
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,48 @@ class HubFile:
         return self.sha256 or self.git_sha1 or hashlib.sha1(self.name.encode()).hexdigest()
 
 
+class UnsafeListing(ValueError):
+    """A file list whose names or hashes cannot safely become paths in the cache."""
+
+
 @dataclass(frozen=True)
 class RepoFiles:
-    """A revision's files: what a complete snapshot holds."""
+    """A revision's files: what a complete snapshot holds. Every name and hash becomes a
+    path in the cache, so each is checked here, where a listing is made (from the hub or
+    from a list on disk), as `huggingface_hub` checks them: a listing that names a file
+    outside its snapshot, or a hash that is not one, raises `UnsafeListing`."""
 
     repo_id: str
     commit: str
     files: tuple[HubFile, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.commit, str) or not COMMIT.match(self.commit):
+            raise UnsafeListing(f"its commit {str(self.commit)[:80]!r} is not a commit hash")
+        for file in self.files:
+            if problem := _name_problem(file.name):
+                raise UnsafeListing(f"it names a file {str(file.name)[:80]!r}, which {problem}")
+            if file.sha256 is not None and not (isinstance(file.sha256, str) and SHA256.match(file.sha256)):
+                raise UnsafeListing(f"the sha256 of {file.name!r}, {str(file.sha256)[:80]!r}, is not a sha256 hash")
+            if file.git_sha1 is not None and not (isinstance(file.git_sha1, str) and GIT_SHA1.match(file.git_sha1)):
+                raise UnsafeListing(f"the blob id of {file.name!r}, {str(file.git_sha1)[:80]!r}, is not a git hash")
+            if not isinstance(file.size, int) or file.size < 0:
+                raise UnsafeListing(f"the size of {file.name!r}, {file.size!r}, is not a byte count")
+
+
+def _name_problem(name: object) -> str | None:
+    """Why `name` cannot be a path inside a snapshot, or None."""
+    if not isinstance(name, str) or not name:
+        return "is empty or not a string"
+    if len(name) > MAX_NAME:
+        return f"is longer than {MAX_NAME} characters"
+    if "\\" in name or "\0" in name or any(ord(c) < 32 for c in name):
+        return "holds a backslash or a control character"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "is absolute"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "is not a plain relative path (an empty, '.' or '..' part)"
+    return None
 
 
 def repo_folder(cache: Path, repo_id: str) -> Path:

@@ -4,13 +4,23 @@ and other workers downloading the same model to the same (network) volume.
 - Only files that are missing or damaged are fetched; a file whose blob another snapshot of
   the model already holds is linked, and one that a snapshot in another cache holds whole
   (a damaged read-only one, say) is copied, not fetched again.
-- Each file is written to a part file of this process's own (`blobs/<hash>.part-<host>-<pid>-…`),
-  appended to from where it stopped when a transfer is cut (HTTP Range), checked against the
-  hub's size and hash, and only then renamed to its blob: no reader ever sees half a file,
-  and no lock is needed, so nothing depends on locks holding on a network filesystem.
-- The part file of a worker that died (its process gone on this host, or no write for
-  `STALE_AFTER` seconds from another host), or the hub client's own `.incomplete` file, is
-  taken over by renaming it and resumed, so a killed download is not started over.
+- Each file is written to a part file of this process's own
+  (`blobs/<hash>.part-<host>-<pid>@<process start>-…`), appended to from where it stopped
+  when a transfer is cut (HTTP Range). Before it is renamed to its blob, the file on disk is
+  read back and checked against the hub's size and hash (never the bytes as they were
+  streamed: another writer's bytes could be in the file), so no reader ever sees half a
+  file or a wrong one, and no lock is needed, so nothing depends on locks holding on a
+  network filesystem. Large weights are hashed this once, at download (or copy); later
+  start-ups check their size.
+- The part file of a worker that died is taken over by renaming it and resumed, so a killed
+  download is not started over. A writer is judged dead by its process identity on this host
+  (its PID gone, or the PID now another process's: containers reuse PID 1), or by
+  `STALE_AFTER` seconds without a write. A writer whose part file was taken over (it stalled
+  past that) sees its file renamed at its next write and starts a part of its own again;
+  a bad mix of bytes would fail the hash check in any case.
+- The hub client's own `.incomplete` files are taken over the same way.
+- A file that a snapshot in another cache holds (a read-only one, say) is copied to a part
+  file and checked the same way before it is published.
 - The disk is checked for room before anything is written.
 - Progress is one log line per large file at 25, 50 and 75 %, and one line per model at the end.
 """
@@ -37,18 +47,37 @@ from embedding_worker.engine.model_sources.cache_layout import (
     write_ref,
 )
 from embedding_worker.engine.model_sources.hub import Hub, HubAccess, RetryBudget, Transient
-from embedding_worker.engine.model_sources.snapshot_check import file_problem, new_digest, wanted_files
+from embedding_worker.engine.model_sources.snapshot_check import file_digest, file_problem, wanted_files
 from embedding_worker.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-STALE_AFTER = 60.0  # seconds without a write after which another host's part file is taken over
+STALE_AFTER = 60.0  # seconds without a write after which a part file's writer counts as dead
 LOGGED_FROM = 8 * 2**20  # bytes: files this large log their progress
 CHUNK = 1 << 20
 PARALLEL_FILES = 8
 CHECKSUM_TRIES = 3
 HOST = socket.gethostname()
-PART = re.compile(r"\.part-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{12}$")
+PART = re.compile(r"\.part-(?P<host>.+)-(?P<pid>\d+)(?:@(?P<start>\d+))?-[0-9a-f]{12}$")
+
+
+class TakenOver(Exception):
+    """Another worker renamed this worker's part file to resume it."""
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), or None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""  # unknown, but alive
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _part_tag() -> str:
+    return f"part-{HOST}-{os.getpid()}@{_process_start(os.getpid()) or 0}"
 
 
 def download(repo_id: str, revision: str | None, cache: Path, access: HubAccess, onnx: bool = False,
@@ -99,14 +128,17 @@ class ModelDownload:
         for donor in self.donors:
             if donor != self.snapshot and file_problem(donor / expected.name, expected) is None:
                 blob = self.blobs / expected.blob
-                part = private_name(blob, f"part-{HOST}-{os.getpid()}")
+                part = private_name(blob, _part_tag())
                 shutil.copyfile(donor / expected.name, part)
-                os.replace(part, blob)
-                return True
+                if _on_disk_matches(part, expected):
+                    os.replace(part, blob)
+                    return True
+                part.unlink(missing_ok=True)
         return False
 
     def _check_room(self, files: list[HubFile]) -> None:
-        partial = sum(p.stat().st_size for f in files for p in self.blobs.glob(f.blob + ".*") if p.is_file())
+        resumable = (p for f in files for p in self._parts_of(self.blobs / f.blob) if not _in_use(p))
+        partial = sum(max(0, _size_of(p)) for p in resumable)
         needed = sum(f.size for f in files) - partial
         free = shutil.disk_usage(self.blobs).free
         if needed > free:
@@ -129,17 +161,20 @@ class ModelDownload:
         """Fetch one file to its blob, resuming, retrying and checking it."""
         blob = self.blobs / expected.blob
         budget = self.hub.access.budget(f"{self.hub.repo_id!r}: {expected.name}")
-        part = self._take_over_part(blob, expected) or private_name(blob, f"part-{HOST}-{os.getpid()}")
+        part = self._take_over_part(blob, expected) or private_name(blob, _part_tag())
         bad_checksums = 0
         while file_problem(blob, expected) is not None:  # another worker may have finished it
             try:
-                digest = self._transfer(expected, part, budget)
+                self._transfer(expected, part, budget)
+                if _on_disk_matches(part, expected):
+                    os.replace(part, blob)
+                    break
             except Transient as failure:
                 budget.wait_after(failure)
                 continue
-            if digest == expected.blob or not (expected.sha256 or expected.git_sha1):
-                os.replace(part, blob)
-                break
+            except (TakenOver, FileNotFoundError):  # resumed by another worker: it may finish it
+                part = private_name(blob, _part_tag())
+                continue
             part.unlink(missing_ok=True)
             bad_checksums += 1
             if bad_checksums == CHECKSUM_TRIES:
@@ -151,38 +186,34 @@ class ModelDownload:
             if not _in_use(leftover):
                 leftover.unlink(missing_ok=True)
 
-    def _transfer(self, expected: HubFile, part: Path, budget: RetryBudget) -> str:
-        """Append the rest of the file to `part`; return the hash of the whole."""
-        have = part.stat().st_size if part.exists() else 0
-        if have > expected.size:
+    def _transfer(self, expected: HubFile, part: Path, budget: RetryBudget) -> None:
+        """Append the rest of the file to `part`; raise `TakenOver` if another worker takes the
+        part file meanwhile."""
+        have = _size_of(part)
+        if have > expected.size or have < 0:
             have = 0
-        digest = new_digest(expected)
-        if have:
-            with open(part, "rb") as written:
-                for chunk in iter(lambda: written.read(CHUNK), b""):
-                    digest.update(chunk)
         if have == expected.size:
-            return digest.hexdigest()
+            return
         if have:
             log.info("model %r: %s resumes at %s of %s", self.hub.repo_id, expected.name, _size(have),
                      _size(expected.size))
         progress = _Progress(self.hub.repo_id, expected, have)
         with self.hub.stream(self.listing.commit, expected.name, have) as reply:
             if have and reply.status_code != 206:  # the range was not honoured: from the start
-                have, digest = 0, new_digest(expected)
+                have = 0
             with open(part, "ab" if have else "wb") as out:
+                written = os.fstat(out.fileno())
                 for chunk in reply.iter_bytes():  # as it arrives: a cut keeps every byte received
                     if have + len(chunk) > expected.size:
                         raise ModelLoadError(f"could not load model {self.hub.repo_id!r}: the hub sent more of "
                                              f"{expected.name} than the {expected.size:,} bytes it lists")
+                    _require_still_ours(part, written)
                     out.write(chunk)
-                    digest.update(chunk)
                     have += len(chunk)
                     budget.progressed()
                     progress.update(have)
         if have < expected.size:
             raise Transient(f"the transfer of {expected.name} ended at {have:,} of {expected.size:,} bytes")
-        return digest.hexdigest()
 
     def _parts_of(self, blob: Path) -> list[Path]:
         return [p for p in blob.parent.glob(blob.name + ".*") if PART.search(p.name) or p.name.endswith(".incomplete")]
@@ -190,7 +221,7 @@ class ModelDownload:
     def _take_over_part(self, blob: Path, expected: HubFile) -> Path | None:
         """Rename the largest part file a dead worker left (or a blob cut short, which some tools
         leave) to one of ours, to resume it; the hash check at the end catches a bad start."""
-        mine = private_name(blob, f"part-{HOST}-{os.getpid()}")
+        mine = private_name(blob, _part_tag())
         cut_blob = [blob] if 0 <= _size_of(blob) < expected.size else []  # no one writes a blob in place
         for candidate in sorted(self._parts_of(blob) + cut_blob, key=_size_of, reverse=True):
             if candidate != blob and _in_use(candidate):
@@ -203,21 +234,39 @@ class ModelDownload:
         return None
 
 
+def _require_still_ours(part: Path, written: os.stat_result) -> None:
+    try:
+        now = part.stat()
+    except FileNotFoundError:
+        raise TakenOver(part.name) from None
+    if (now.st_ino, now.st_dev) != (written.st_ino, written.st_dev):
+        raise TakenOver(part.name)
+
+
+def _on_disk_matches(path: Path, expected: HubFile) -> bool:
+    """Whether the file as it is on disk has the hub's size and hash (a file the hub lists
+    without a hash: its size)."""
+    if _size_of(path) != expected.size:
+        return False
+    return not (expected.sha256 or expected.git_sha1) or file_digest(path, expected) == expected.blob
+
+
 def _in_use(part: Path) -> bool:
-    """Whether a live worker may still be writing `part`."""
+    """Whether a live worker may still be writing `part`: not when its writer's process is
+    gone from this host (or its PID is another process's now), nor when no one has written
+    to it for `STALE_AFTER` seconds."""
+    try:
+        if time.time() - part.stat().st_mtime >= STALE_AFTER:
+            return False
+    except FileNotFoundError:
+        return True  # someone renamed it: in use by them
     owner = PART.search(part.name)
     if owner and owner["host"] == HOST:
-        try:
-            os.kill(int(owner["pid"]), 0)
-        except ProcessLookupError:
+        started = _process_start(int(owner["pid"]))
+        if started is None:
             return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        return time.time() - part.stat().st_mtime < STALE_AFTER
-    except FileNotFoundError:
-        return True
+        return owner["start"] is None or started == "" or started == owner["start"]
+    return True
 
 
 def _size_of(path: Path) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
-from embedding_worker.engine.model_sources.cache_layout import HubFile, RepoFiles
+from embedding_worker.engine.model_sources.cache_layout import UnsafeListing, HubFile, RepoFiles
 from embedding_worker.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -146,6 +146,9 @@ class Hub:
 
         try:
             return (budget or self.access.budget(f"{self.repo_id!r}")).run(attempt)
+        except UnsafeListing as exc:
+            raise ModelLoadError(f"could not load model {self.repo_id!r}: the hub's file list is refused: "
+                                 f"{exc}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"could not load model {self.repo_id!r}: the hub's file list is not "
                                  f"readable ({type(exc).__name__}: {exc})") from None

@@ -60,7 +60,7 @@ def file_problem(path: Path, expected: HubFile) -> str | None:
         return f"cut short ({size:,} of {expected.size:,} bytes)"
     if size > expected.size:
         return f"{size:,} bytes where the hub lists {expected.size:,}"
-    if size <= HASHED_UP_TO and (expected.sha256 or expected.git_sha1) and _digest(path, expected) != expected.blob:
+    if size <= HASHED_UP_TO and (expected.sha256 or expected.git_sha1) and file_digest(path, expected) != expected.blob:
         return "not what the hub holds (its hash differs)"
     return None
 
@@ -169,7 +169,7 @@ def _blob_problem(link: Path) -> str | None:
         expected = HubFile(link.name, size, git_sha1=name)
     else:
         return None
-    return None if _digest(blob, expected) == name else "not what its blob's name says (its hash differs)"
+    return None if file_digest(blob, expected) == name else "not what its blob's name says (its hash differs)"
 
 
 def new_digest(expected: HubFile) -> hashlib._Hash:
@@ -181,7 +181,7 @@ def new_digest(expected: HubFile) -> hashlib._Hash:
     return digest
 
 
-def _digest(path: Path, expected: HubFile) -> str:
+def file_digest(path: Path, expected: HubFile) -> str:
     digest = new_digest(expected)
     with open(path, "rb") as file:
         while chunk := file.read(1 << 20):
