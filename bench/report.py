@@ -230,6 +230,25 @@ def markdown(results: dict) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {r['fault']} | {r['outcome']} | {r['seconds']} | {r['weights_requests']} | "
                   f"{', '.join(r['resumed_from']) or '-'} |" for r in f["rows"]]
+    if "hostile" in results:
+        h, cost = results["hostile"], results["hostile"]["hashing"]
+        lines += ["", "## Hostile inputs", "",
+                  "Small requests that decode or compute large, each sent to the local endpoint of this tree and of "
+                  f"the tree before the request budgets (commit {h['before']}), serving a tiny CLIP, a tiny CLAP, "
+                  "a tiny BGE-M3 and one of BGE-M3's shape (1,024 dimensions, one layer) at float32 with default "
+                  "limits but `MAX_OUTPUT_VALUES=1000000`; peak RSS of the worker's process over its idle RSS, "
+                  "sampled every 5 ms, and the time to the answer or the refusal "
+                  "(`tests/test_hostile_inputs.py` asserts each bound).", "",
+                  "| input | before: MB over idle | before: s | before: outcome | after: MB over idle | after: s | "
+                  "after: outcome |", "|---|---|---|---|---|---|---|"]
+        for row in h["rows"]:
+            cells = [f"{row[side]['peak_mb']:,} | {row[side]['seconds']} | {row[side]['outcome']}"
+                     for side in ("before", "after")]
+            lines.append(f"| {row['input']} | {cells[0]} | {cells[1]} |")
+        lines += ["", f"Hashing large weights: sha256 reads {cost['gb_per_s']} GB/s here (a 1 GiB file in the page "
+                  f"cache, {cost['seconds']} s); each downloaded or copied file is hashed once, from disk, before "
+                  f"it is published: BGE-M3's 2.27 GB of weights add {cost['bge_m3_seconds']} s to its first cold "
+                  "start, none to later ones (their size is checked)."]
     if "flops" in results and "dtypes" in results["flops"]:
         f = results["flops"]
         lines += ["", "## Compute: how close to the hardware", "",

@@ -7,7 +7,7 @@
 
 Writes docs/benchmarks.json, docs/benchmarks.png and docs/BENCHMARKS.md. One module per
 measurement: `throughput` (with `servers` and `peers`), `batching`, `cold_start`, `quality`, `load`,
-`serving_profile`, `compute`, `images`, `faults`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
+`serving_profile`, `compute`, `images`, `faults`, `hostile`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
 loaded offline from `.cache/huggingface` (`make bundled-model` puts it there).
 """
 
@@ -34,6 +34,7 @@ import load  # noqa: E402
 import serving_profile  # noqa: E402
 import quality  # noqa: E402
 import hybrid  # noqa: E402
+import hostile  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
 import workloads  # noqa: E402
@@ -41,7 +42,7 @@ from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
          "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "audio",
-         "faults", "hybrid"]
+         "faults", "hybrid", "hostile"]
 
 
 def auto_dtype() -> str:
@@ -103,6 +104,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "audio": lambda: {"audio": media.audio()},
         "hybrid": lambda: {"hybrid": hybrid.hybrid(auto_dtype(), rounds, scale)},
         "faults": lambda: {"faults": faults.faults()},
+        "hostile": lambda: {"hostile": hostile.hostile()},
     }
     return steps[step]()
 
