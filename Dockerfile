@@ -72,4 +72,6 @@ COPY src/ src/
 # every cold start otherwise).
 RUN python -m compileall -q src \
  && PYTHONPATH=src python -m embedding_worker.engine.transformers_index
+# ENDPOINT_TYPE=load_balancer: the API and health on PORT (RunPod's default, 80)
+EXPOSE 80
 CMD ["python", "-u", "src/handler.py"]

@@ -26,7 +26,7 @@ BUNDLE = ROOT / ".gpu"
 # What the worker imports to serve, its local endpoint and the check (see `closure`).
 ROOTS = ("infinity-emb", "sentence-transformers", "transformers", "tokenizers", "huggingface-hub", "safetensors",
          "runpod", "pydantic", "pydantic-settings", "orjson", "httpx", "fastapi", "uvicorn", "pillow",
-         "soundfile", "soxr", "numpy", "regex", "pyyaml", "tqdm", "packaging", "requests")
+         "soundfile", "soxr", "numpy", "regex", "pyyaml", "tqdm", "packaging", "requests", "prometheus-client")
 # The machine's torch brings these, at the versions it needs.
 WITH_TORCH = {"torch", "sympy", "mpmath", "jinja2", "markupsafe", "filelock", "networkx", "fsspec",
               "typing-extensions", "setuptools", "triton"}

@@ -49,11 +49,14 @@ def ensure_infinity_server() -> Path:
     return python
 
 
-def wait_until_up(process: subprocess.Popen, probe: str, what: str, timeout: float = 240) -> None:
+def wait_until_up(process: subprocess.Popen, probe: str, what: str, timeout: float = 240,
+                  ready: int | None = None) -> None:
+    """Until `probe` answers below 500 (or exactly `ready`)."""
     deadline = time.time() + timeout
     while True:
         try:
-            if httpx.get(probe, timeout=2).status_code < 500:
+            status = httpx.get(probe, timeout=2).status_code
+            if status == ready if ready is not None else status < 500:
                 return
         except httpx.TransportError:
             pass

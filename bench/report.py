@@ -230,6 +230,22 @@ def markdown(results: dict) -> str:
                   "|---|---|---|---|---|"]
         lines += [f"| {r['fault']} | {r['outcome']} | {r['seconds']} | {r['weights_requests']} | "
                   f"{', '.join(r['resumed_from']) or '-'} |" for r in f["rows"]]
+    if "latency" in results:
+        table = results["latency"]
+        shapes = list(next(iter(table.values())))
+        lines += ["", "## Latency: load-balancing endpoint against the queue paths", "",
+                  "One query of 1 or 8 texts at concurrency 1 and 16, every target serving all-MiniLM-L6-v2 at "
+                  f"{results.get('latency_dtype')} on loopback, in interleaved rounds (median of the rounds; every "
+                  "round's p50 listed). `load balancer` is `ENDPOINT_TYPE=load_balancer` (`POST /v1/embeddings` "
+                  "at its root); `local endpoint` its `/runsync`; `production loop` runpod's job loop against a "
+                  "stand-in job API; `in-process engine` Infinity's engine called in the benchmark's own process "
+                  "(no HTTP); the last column is the p50's distance from the engine's in the same round.", "",
+                  "| shape | target | p50 ms | p95 ms | p50 by round | p50 - engine's (ms) |", "|---|---|---|---|---|---|"]
+        for shape in shapes:
+            for target, rows in table.items():
+                row = rows[shape]
+                lines.append(f"| {shape} | {target} | {row['p50_ms']} | {row['p95_ms']} | "
+                             f"{', '.join(str(x) for x in row['p50_by_round'])} | {row['p50_minus_reference_ms']} |")
     if "hostile" in results:
         h, cost = results["hostile"], results["hostile"]["hashing"]
         lines += ["", "## Hostile inputs", "",

@@ -42,7 +42,7 @@ from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
          "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "audio",
-         "faults", "hybrid", "hostile"]
+         "faults", "hybrid", "hostile", "latency"]
 
 
 def auto_dtype() -> str:
@@ -72,6 +72,13 @@ def realistic_workloads(scale: float, rounds: int) -> dict:
     runs = workloads.compare(names, scale, rounds, auto_dtype(), "auto")
     return {"workloads_dtype": auto_dtype(),
             "workloads": workloads.summarise(runs, ("infinity server", "original worker"))}
+
+
+def latency(scale: float, rounds: int) -> dict:
+    """One query of 1 and of 8 texts at c1 and c16, p50 and p95, every way in; same dtype."""
+    names = ["in-process engine", "load balancer", "local endpoint", "production loop", "infinity server"]
+    runs = throughput.compare(names, throughput.LATENCY_SHAPES, scale, rounds, auto_dtype())
+    return {"latency_dtype": auto_dtype(), "latency": throughput.latencies(runs, "in-process engine")}
 
 
 def sweep(scale: float) -> dict:
@@ -105,6 +112,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "hybrid": lambda: {"hybrid": hybrid.hybrid(auto_dtype(), rounds, scale)},
         "faults": lambda: {"faults": faults.faults()},
         "hostile": lambda: {"hostile": hostile.hostile()},
+        "latency": lambda: latency(scale, rounds),
     }
     return steps[step]()
 

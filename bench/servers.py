@@ -1,7 +1,8 @@
 """Every way a client reaches an embedding, as one `call(texts)` per target, on loopback.
 
 Targets: the in-process engine (the ceiling), the worker's local endpoint, its production
-path (runpod's job loop against a stand-in job API), runpod's `--rp_serve_api`, RunPod's
+path (runpod's job loop against a stand-in job API), runpod's `--rp_serve_api`, the worker
+as a load-balancing endpoint (`ENDPOINT_TYPE=load_balancer`, the API at its root), RunPod's
 original worker, and Infinity's own server. `Targets` starts them all at once (an idle one
 costs nothing) and stops them together.
 """
@@ -18,7 +19,7 @@ import psutil
 import peers
 from common import ENV, MODEL, ROOT, free_port, worker_for
 
-OURS = ("local endpoint", "production loop", "rp_serve_api")
+OURS = ("local endpoint", "production loop", "rp_serve_api", "load balancer")
 PEERS = ("original worker", "infinity server")
 
 
@@ -55,6 +56,14 @@ class Targets:
                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 self.urls[name] = f"http://127.0.0.1:{port}"
                 peers.wait_until_up(self.processes[name], f"{self.urls[name]}/docs", name)
+            elif name == "load balancer":
+                port = free_port()
+                self.processes[name] = subprocess.Popen(
+                    [sys.executable, "src/handler.py"], cwd=ROOT,
+                    env={**env, "ENDPOINT_TYPE": "load_balancer", "PORT": str(port)},
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                self.urls[name] = f"http://127.0.0.1:{port}"
+                peers.wait_until_up(self.processes[name], f"{self.urls[name]}/ping", name, ready=200)
             elif name == "original worker":
                 self.processes[name], self.urls[name] = peers.start_original_worker(  # one value per model
                     {"DTYPES": ";".join([self.original_dtype] * len(self.models)),
@@ -122,11 +131,12 @@ class Targets:
             async def call(texts: list[str]) -> None:
                 result = await self.job_api.submit({"model": MODEL, "input": texts})
                 check(result["output"]["data"], texts)
-        elif name == "infinity server":
-            url = f"{self.urls[name]}/embeddings"
+        elif name in ("infinity server", "load balancer"):
+            url = f"{self.urls[name]}/embeddings" if name == "infinity server" else f"{self.urls[name]}/v1/embeddings"
 
             async def call(texts: list[str]) -> None:
-                reply = await client.post(url, content=orjson.dumps({"model": MODEL, "input": texts}),
+                reply = await client.post(url, content=orjson.dumps({"model": MODEL, "input": texts,
+                                                                     "encoding_format": "float"}),
                                           headers={"content-type": "application/json"})
                 check(orjson.loads(reply.content)["data"], texts)
         else:  # /runsync: the local endpoint, rp_serve_api, the original worker
@@ -153,8 +163,8 @@ class Targets:
 
             async def call(query: str, docs: list[str]) -> None:
                 await engine.rerank(query=query, docs=docs)
-        elif name == "infinity server":
-            url = f"{self.urls[name]}/rerank"
+        elif name in ("infinity server", "load balancer"):
+            url = f"{self.urls[name]}/rerank" if name == "infinity server" else f"{self.urls[name]}/v1/rerank"
 
             async def call(query: str, docs: list[str]) -> None:
                 reply = await client.post(url, content=orjson.dumps({"model": served, "query": query,

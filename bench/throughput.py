@@ -80,3 +80,24 @@ def sweep(names: list[str], scale: float, dtype: str, original_dtype: str = "aut
     runs = compare(names, shapes, scale, 1, dtype, original_dtype)
     return {name: {shape: rows[0]["sentences_per_s"] for shape, rows in shapes_runs.items()}
             for name, shapes_runs in runs.items()}
+
+
+LATENCY_SHAPES = [("1 x c1", 1, 1, 200), ("8 x c1", 8, 1, 120), ("1 x c16", 1, 16, 480), ("8 x c16", 8, 16, 240)]
+
+
+def latencies(runs: dict, reference: str) -> dict:
+    """p50 and p95 per target and shape (medians over rounds, each round's p50 kept), and the
+    p50's distance from `reference`'s in the same round, in ms."""
+    results: dict[str, dict[str, dict]] = {}
+    for target, shapes_runs in runs.items():
+        for shape, rows in shapes_runs.items():
+            base = runs[reference][shape]
+            results.setdefault(target, {})[shape] = {
+                "p50_ms": statistics.median(r["p50_ms"] for r in rows),
+                "p95_ms": statistics.median(r["p95_ms"] for r in rows),
+                "p50_by_round": [r["p50_ms"] for r in rows],
+                "p50_minus_reference_ms": round(statistics.median(r["p50_ms"] - b["p50_ms"]
+                                                                  for r, b in zip(rows, base)), 1),
+                "reference": reference,
+            }
+    return results

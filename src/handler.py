@@ -1,8 +1,11 @@
-"""RunPod serverless entry point: settings -> engines -> service -> runpod.serverless.start.
+"""RunPod serverless entry point: settings -> engines -> service -> runpod.serverless.start,
+or, with ENDPOINT_TYPE=load_balancer, the worker's own HTTP server for RunPod's
+load-balancing endpoints (`serving/load_balancer.py`).
 
     python src/handler.py                      # serve jobs (on RunPod), or run test_input.json
     python src/handler.py --test_input '{...}' # run one job locally, print it, exit 0 or 1
     python src/handler.py --rp_serve_api       # runpod's local HTTP test server
+    ENDPOINT_TYPE=load_balancer PORT=8000 python src/handler.py   # as a load-balancing endpoint
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 def main() -> int:
+    if os.environ.get("ENDPOINT_TYPE", "").strip() == "load_balancer":
+        from embedding_worker.serving.load_balancer import main as serve_load_balancer
+
+        return serve_load_balancer()
     from embedding_worker.serving.runpod_patches import import_runpod
     from embedding_worker.serving.worker import start_worker
 

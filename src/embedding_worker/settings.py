@@ -93,6 +93,11 @@ class WorkerSettings(BaseSettings):
     max_audio_sample_rate: int = 192_000  # Hz
     max_output_values: int = 2**23  # numbers in one response: 2,048 vectors of 4,096 dimensions
     log_format: Literal["text", "json"] = "text"  # one line per event: plain, or a JSON object
+    # RunPod's two endpoint types: jobs from its queue, or HTTP straight from its load balancer
+    endpoint_type: Literal["queue", "load_balancer"] = "queue"
+    port: int = 80  # load_balancer: the API's port (RunPod's PORT)
+    port_health: int | None = None  # load_balancer: the health route's port; None: PORT
+    health_check_path: str = "/ping"  # load_balancer: what RunPod polls
     allow_private_urls: bool = False  # fetch image URLs on loopback and private networks too
     onnx_quantized: bool = False
     trust_remote_code: bool = False  # runs code from the model repository: opt in per deployment
@@ -158,6 +163,25 @@ class WorkerSettings(BaseSettings):
     def _positive(cls, value: float) -> float:
         if value <= 0:
             raise ValueError(f"{value!r} is not positive")
+        return value
+
+    @field_validator("port", "port_health")
+    @classmethod
+    def _a_port(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 65535:
+            raise ValueError(f"{value} is not a port (1 to 65535)")
+        return value
+
+    @field_validator("port_health", mode="before")
+    @classmethod
+    def _empty_is_port(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("health_check_path")
+    @classmethod
+    def _a_path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r} is not a URL path (it starts with /, without spaces)")
         return value
 
     @field_validator("memory_trim_interval")

@@ -11,11 +11,11 @@ Two flavours reach the handler:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from embedding_worker.api.routes import BY_PATH, ApiRoute, Route
 from embedding_worker.errors import InvalidRequest
 from embedding_worker.api.schemas import (
     ClassifyRequest,
@@ -30,23 +30,6 @@ from embedding_worker.api.schemas import (
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
-class Route(str, Enum):
-    models = "/v1/models"
-    embeddings = "/v1/embeddings"
-    rerank = "/v1/rerank"
-    classify = "/v1/classify"
-    tokenize = "/v1/tokenize"
-    texts = "standard input"  # embed or classify, by what the named model does
-
-
-OPENAI_ROUTES = {
-    route.value: route for route in (Route.models, Route.embeddings, Route.rerank, Route.classify, Route.tokenize)
-}
-OPENAI_ROUTES["/v2/rerank"] = Route.rerank  # Cohere's v2 rerank: the same body and answer
-# Infinity's own server's un-versioned routes (what LiteLLM's infinity/ provider calls):
-# the same bodies; its rerank answers documents as strings, not Cohere's {"text"}
-INFINITY_ROUTES = {"/rerank": Route.rerank, "/embeddings": Route.embeddings}
-OPENAI_ROUTES.update(INFINITY_ROUTES)
 TASKS = {"tokenize": Route.tokenize}  # standard jobs that name their task
 SCHEMAS: dict[Route, type[BaseModel]] = {
     Route.embeddings: EmbeddingRequest,
@@ -71,9 +54,8 @@ def normalize_job_input(job_input: Any, limits: RequestLimits | None = None) -> 
         raise InvalidRequest(f"input: must be a JSON object, got {json_type(job_input)}")
     document_objects = False
     if "openai_route" in job_input:
-        route, body = _openai_route(job_input)
-        openai = True
-        document_objects = job_input["openai_route"].rstrip("/") not in INFINITY_ROUTES
+        api, body = _openai_route(job_input)
+        route, openai, document_objects = api.route, True, api.document_objects
     elif "task" in job_input:
         route = TASKS.get(job_input["task"]) if isinstance(job_input["task"], str) else None
         if route is None:
@@ -91,19 +73,19 @@ def normalize_job_input(job_input: Any, limits: RequestLimits | None = None) -> 
     return Job(route, request, openai, document_objects)
 
 
-def _openai_route(job_input: dict) -> tuple[Route, dict]:
+def _openai_route(job_input: dict) -> tuple[ApiRoute, dict]:
     raw_route = job_input["openai_route"]
-    route = OPENAI_ROUTES.get(raw_route.rstrip("/")) if isinstance(raw_route, str) else None
-    if route is None:
+    api = BY_PATH.get(raw_route.rstrip("/")) if isinstance(raw_route, str) else None
+    if api is None:
         raise InvalidRequest(
-            f"openai_route: {raw_route!r} is not supported; supported: {', '.join(OPENAI_ROUTES)}"
+            f"openai_route: {raw_route!r} is not supported; supported: {', '.join(BY_PATH)}"
         )
     body = job_input.get("openai_input")
-    if route is not Route.models and not isinstance(body, dict):
+    if api.route is not Route.models and not isinstance(body, dict):
         raise InvalidRequest(
-            f"openai_input: must be a JSON object for {route.value}, got {json_type(body)}"
+            f"openai_input: must be a JSON object for {api.route.value}, got {json_type(body)}"
         )
-    return route, body
+    return api, body
 
 
 def parse_request(

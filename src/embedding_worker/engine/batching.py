@@ -21,8 +21,9 @@ extra round; when there is less than a batch, it goes out as it is, at once.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, Protocol
 
 
 class FullBatchQueue:
@@ -30,9 +31,11 @@ class FullBatchQueue:
     `extend`, `len`, `pop_optimal_batches`), with the batching policy above. Items are
     Infinity's `PrioritizedQueueItem`s: ordered by length, with the request's future."""
 
-    def __init__(self, forward_passes: int = 1) -> None:
+    def __init__(self, forward_passes: int = 1, observe: BatchObserver | None = None) -> None:
         self._forward_passes = forward_passes  # model replicas, each running its own
+        self._observe = observe
         self._items: list[Any] = []
+        self._arrived_at: list[float] = []  # when each item of `_items` arrived
         self._lock = threading.Lock()
         self._arrived = threading.Event()
         self._ahead = threading.Condition()
@@ -43,8 +46,10 @@ class FullBatchQueue:
         return len(self._items)
 
     def extend(self, items: list[Any]) -> None:
+        now = time.monotonic()
         with self._lock:
             self._items.extend(items)
+            self._arrived_at.extend([now] * len(items))
         self._arrived.set()
 
     def forward_started(self) -> None:
@@ -68,31 +73,49 @@ class FullBatchQueue:
             return
         with self._lock:
             oldest = size * max_n_batches
-            window = [queued for queued in self._items[:oldest] if not queued.item.future.done()]
+            window = [(queued, at) for queued, at in zip(self._items[:oldest], self._arrived_at[:oldest])
+                      if not queued.item.future.done()]
             taken = len(window) // size * size or len(window)  # full batches, else all there is
-            self._items[:oldest] = window[taken:]  # the newest, in order, to wait for company
+            self._items[:oldest] = [queued for queued, _ in window[taken:]]  # the newest, in order, to wait
+            self._arrived_at[:oldest] = [at for _, at in window[taken:]]
             if not self._items:
                 self._arrived.clear()
-        ordered = sorted(window[:taken])  # by length (Infinity's priority)
+        ordered = sorted(queued for queued, _ in window[:taken])  # by length (Infinity's priority)
         batches = [[queued.item for queued in ordered[i : i + size]] for i in range(0, taken, size)]
         with self._ahead:
             self._formed += len(batches)
+        if self._observe is not None:
+            self._observe.batches_formed([time.monotonic() - at for _, at in window[:taken]],
+                                         [len(batch) for batch in batches])
         yield from batches
 
 
-def use_full_batches(engine: Any) -> None:
+class BatchObserver(Protocol):
+    """Where the queue reports what it did (the worker's metrics)."""
+
+    def batches_formed(self, waits: list[float], sizes: list[int]) -> None: ...
+
+    def forward_done(self, seconds: float) -> None: ...
+
+
+def use_full_batches(engine: Any, observe: BatchObserver | None = None) -> None:
     """Put a `FullBatchQueue` in place of a started engine's queue, before its first request,
-    and have its forward pass report each batch it begins."""
+    and have its forward pass report each batch it begins (and, to `observe`, its time)."""
     handler = engine._batch_handler
-    queue = FullBatchQueue(len(engine._model_replicas))
+    queue = FullBatchQueue(len(engine._model_replicas), observe)
     for replica in engine._model_replicas:
-        replica.encode_core = _reporting_start(replica.encode_core, queue.forward_started)
+        replica.encode_core = _reporting_start(replica.encode_core, queue.forward_started, observe)
     handler._queue_prio = queue
 
 
-def _reporting_start(forward: Callable, started: Callable[[], None]) -> Callable:
+def _reporting_start(forward: Callable, started: Callable[[], None], observe: BatchObserver | None) -> Callable:
     def reporting_start(*args, **kwargs):
         started()
-        return forward(*args, **kwargs)
+        begun = time.perf_counter()
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            if observe is not None:
+                observe.forward_done(time.perf_counter() - begun)
 
     return reporting_start

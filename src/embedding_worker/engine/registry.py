@@ -32,7 +32,7 @@ from embedding_worker.errors import (
     ModelNotFound,
     Overloaded,
 )
-from embedding_worker.engine.batching import use_full_batches
+from embedding_worker.engine.batching import BatchObserver, use_full_batches
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hardware import Hardware
 from embedding_worker.engine.loading import LoadOptions, load_model
@@ -56,6 +56,12 @@ class EngineRegistry:
         self._queue_size = queue_size
         self._start_lock: asyncio.Lock | None = None
         self._started = False
+        self._observer: Callable[[str], BatchObserver] | None = None  # by model name
+
+    def observe_batches(self, observer: Callable[[str], BatchObserver]) -> None:
+        """Have each model's batch queue report its waits, batch sizes and forward passes
+        (from the engines' start on)."""
+        self._observer = observer
 
     @classmethod
     def load(
@@ -113,7 +119,7 @@ class EngineRegistry:
                 await self._array.astart()
                 loop = asyncio.get_running_loop()
                 for model in self._models.values():
-                    use_full_batches(model.engine)
+                    use_full_batches(model.engine, self._observer(model.name) if self._observer else None)
                     model.health.attach(model.engine, loop)
                 self._started = True
 

@@ -25,7 +25,7 @@ import errno
 import ipaddress
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,18 +73,27 @@ def origin_allowed(origin: str, allowed_names: frozenset[str]) -> bool:
 
 
 class RequestGuard:
-    def __init__(self, app, *, allowed_hosts: Iterable[str], max_body_bytes: int, body_timeout: float) -> None:
+    """`allowed_hosts` None: any host and origin (a server behind RunPod's load balancer, which
+    reaches it under the endpoint's own name); `openai_prefix`: the paths answered in OpenAI's
+    error shape; `limits`: how the refusals name the body limits."""
+
+    def __init__(self, app, *, allowed_hosts: Iterable[str] | None, max_body_bytes: int, body_timeout: float,
+                 openai_prefix: str = "/openai/",
+                 limits: tuple[str, str] = ("LOCAL_MAX_BODY_BYTES", "LOCAL_BODY_TIMEOUT")) -> None:
         self.app = app
-        self.allowed = frozenset(h.strip().lower() for h in allowed_hosts if h.strip())
+        self.allowed = None if allowed_hosts is None else frozenset(
+            h.strip().lower() for h in allowed_hosts if h.strip())
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.openai_prefix = openai_prefix
+        self.body_limit, self.time_limit = limits
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self._refusal(scope["method"], headers)
-        openai = "/openai/" in scope["path"]
+        openai = self.openai_prefix in scope["path"]
         if refusal is not None:
             return await _error(send, *refusal, openai=openai)
         if scope["method"] == "OPTIONS":  # a preflight from an allowed origin (others got 403 above)
@@ -102,14 +111,15 @@ class RequestGuard:
                 await _error(send, refused.status, str(refused), openai=openai)
 
     def _refusal(self, method: str, headers: dict[str, str]) -> tuple[int, str] | None:
-        host = headers.get("host", "")
-        if not host_allowed(host, self.allowed):
-            return 421, f"host {host!r} is not served here; use 127.0.0.1 or localhost, or add it to LOCAL_ALLOWED_HOSTS"
-        origin = headers.get("origin")
-        if origin and origin != "null" and not origin_allowed(origin, self.allowed):
-            return 403, f"cross-origin requests from {origin!r} are refused"
-        if origin == "null":
-            return 403, "cross-origin requests from an opaque origin are refused"
+        host, origin = headers.get("host", ""), headers.get("origin")
+        if self.allowed is not None:
+            if not host_allowed(host, self.allowed):
+                return 421, (f"host {host!r} is not served here; use 127.0.0.1 or localhost, or add it to "
+                             "LOCAL_ALLOWED_HOSTS")
+            if origin and origin != "null" and not origin_allowed(origin, self.allowed):
+                return 403, f"cross-origin requests from {origin!r} are refused"
+            if origin == "null":
+                return 403, "cross-origin requests from an opaque origin are refused"
         bodiless = headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers
         if method == "POST":
             content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -117,7 +127,7 @@ class RequestGuard:
                 return 415, f"the body must be JSON with Content-Type: application/json, got {content_type or 'none'!r}"
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > self.max_body_bytes:
-                return 413, f"the body has {int(length)} bytes; the limit is {self.max_body_bytes} (LOCAL_MAX_BODY_BYTES)"
+                return 413, f"the body has {int(length)} bytes; the limit is {self.max_body_bytes} ({self.body_limit})"
         return None
 
     def _bounded(self, receive):
@@ -131,12 +141,12 @@ class RequestGuard:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 raise BodyRefused(408, f"the body did not arrive within {self.body_timeout:g} s "
-                                       "(LOCAL_BODY_TIMEOUT)") from None
+                                       f"({self.time_limit})") from None
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
                 if state["received"] > self.max_body_bytes:
                     raise BodyRefused(413, f"the body has more than {self.max_body_bytes} bytes; "
-                                           "the limit is LOCAL_MAX_BODY_BYTES")
+                                           f"the limit is {self.body_limit}")
                 state["complete"] = not message.get("more_body", False)
             return message
 
@@ -173,8 +183,8 @@ async def _error(send, status: int, message: str, openai: bool = False) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, bound now; an address in use is one line naming `--port`."""
+def bind(host: str, port: int, setting: str = "--port (or LOCAL_PORT)") -> socket.socket:
+    """The listening socket, bound now; an address in use is one line naming `setting`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -183,7 +193,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise OSError(f"port {port} on {host} is in use; choose another with --port (or LOCAL_PORT)") from None
+            raise OSError(f"port {port} on {host} is in use; choose another with {setting}") from None
         raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; set --host and --port "
                       "(or LOCAL_HOST, LOCAL_PORT)") from None
     sock.listen(2048)
@@ -191,10 +201,12 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app, sock: socket.socket, *, header_timeout: float, keep_alive_timeout: float,
-          max_connections: int) -> None:
-    """Run uvicorn on the bound `sock` with the connection-level defences; return after a
-    graceful stop."""
+def serve(app, sock: socket.socket | list[socket.socket], *, header_timeout: float, keep_alive_timeout: float,
+          max_connections: int, on_stop: Callable[[], None] | None = None,
+          graceful_timeout: float | None = None) -> None:
+    """Run uvicorn on the bound socket(s) with the connection-level defences; return after a
+    graceful stop. `on_stop` runs when SIGTERM or SIGINT arrives; the server is
+    `app.state.server`, so the app can end it (`should_exit`)."""
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -240,10 +252,14 @@ def serve(app, sock: socket.socket, *, header_timeout: float, keep_alive_timeout
         def handle_exit(self, sig, frame) -> None:
             self.force_exit = self.should_exit  # a second signal: stop waiting
             self.should_exit = True
+            if on_stop is not None:
+                on_stop()
 
     config = uvicorn.Config(
         app, log_level="warning", http=HeaderTimeoutProtocol,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=keep_alive_timeout,
-        limit_concurrency=max_connections,
+        limit_concurrency=max_connections, timeout_graceful_shutdown=graceful_timeout,
     )
-    Server(config).run(sockets=[sock])
+    server = Server(config)
+    app.state.server = server
+    server.run(sockets=sock if isinstance(sock, list) else [sock])

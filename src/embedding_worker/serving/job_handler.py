@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedding_worker.errors import InternalError, UnsupportedTask, WorkerError
-from embedding_worker.api.job_input import Job, Route, normalize_job_input
+from embedding_worker.api.job_input import Job, normalize_job_input
+from embedding_worker.api.routes import Route
 from embedding_worker.api.schemas import ClassifyRequest, RequestLimits
 from embedding_worker.service import EmbeddingService
+from embedding_worker.serving.metrics import metrics
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +84,15 @@ class JobHandler:
             answer = Answer(error=InternalError(f"internal error: {type(exc).__name__}: {exc}"), openai=openai)
         request = getattr(parsed, "request", None)
         items = getattr(request, "docs", None) or getattr(request, "input", None) or ()
-        log.info("job %s: %s, model %s, %d items, %.0f ms%s", _short(str(job_id or "-")),
-                 parsed.route.value if parsed else "invalid input", _short(getattr(request, "model", "-")),
-                 len(items), 1000 * (time.perf_counter() - started),
+        route, model = parsed.route.value if parsed else "invalid input", _short(getattr(request, "model", "-"))
+        seconds = time.perf_counter() - started
+        log.info("job %s: %s, model %s, %d items, %.0f ms%s", _short(str(job_id or "-")), route, model,
+                 len(items), 1000 * seconds,
                  f"; failed: {_short(answer.error.message, 300)}" if answer.error is not None else "")
+        tokens = (answer.body or {}).get("usage", {}).get("prompt_tokens", 0) if answer.error is None else 0
+        metrics().request_ended(route, model if answer.error is None else "-",
+                                "ok" if answer.error is None else str(answer.error.status_code), seconds,
+                                len(items), tokens)
         return answer
 
     async def _run(self, job: Job) -> dict[str, Any]:

@@ -4,12 +4,11 @@ Same URL layout and bodies as the deployed endpoint, so client code runs unchang
 - RunPod API: `POST /v2/{id}/runsync`, `POST /v2/{id}/run`, `GET /v2/{id}/status/{job}`,
   `GET /v2/{id}/stream/{job}`, `POST /v2/{id}/cancel/{job}`, `POST /v2/{id}/purge-queue`,
   `GET /v2/{id}/health`; jobs run through runpod's own `run_job` with the worker's handler.
-- OpenAI gateway: `GET /v2/{id}/openai/v1/models`, `POST /v2/{id}/openai/v1/embeddings`,
-  `.../rerank` (also Cohere's `.../openai/v2/rerank`), `.../classify`, `.../tokenize`, and
-  Infinity's un-versioned `.../openai/rerank` and `.../openai/embeddings`; each
-  becomes an `openai_route` job, as RunPod's gateway
-  does, and a failed one is answered with an OpenAI error body and a 4xx/5xx status;
-  so is any other path under `/openai/v1`.
+- OpenAI gateway: every route of `api/routes.py` under `/v2/{id}/openai` (`/v1/models`,
+  `/v1/embeddings`, `/v1/rerank`, Cohere's `/v2/rerank`, `/v1/classify`, `/v1/tokenize`,
+  Infinity's un-versioned `/rerank` and `/embeddings`), served by `http_api.py` as the
+  load-balancing endpoint serves them at its root.
+- `GET /metrics`: Prometheus' text format (`metrics.py`).
 Requests pass `http_defences.RequestGuard` first (host, origin, JSON, body size and time).
 """
 
@@ -21,16 +20,17 @@ import secrets
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from embedding_worker.errors import WorkerError
+from embedding_worker.serving.http_api import FastJSON, api_router, json_body
 from embedding_worker.serving.http_defences import RequestGuard, error_body
+from embedding_worker.serving.job_handler import Answer
 from embedding_worker.serving.job_store import JobStore
+from embedding_worker.serving.metrics import metrics_response
 from embedding_worker.serving.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,6 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
         body_timeout=config.body_timeout,
     )
     runpod_api = APIRouter(prefix="/v2/{endpoint_id}", dependencies=[Depends(authorized)])
-    openai_api = APIRouter(prefix="/v2/{endpoint_id}/openai/v1", dependencies=[Depends(authorized)])
 
     @app.get("/v2/{endpoint_id}/health")
     async def health(endpoint_id: str) -> Response:
@@ -159,81 +158,26 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
     async def purge_queue(endpoint_id: str) -> Response:
         return FastJSON({"removed": jobs().purge_queue(), "status": "completed"})
 
-    async def openai_job(route: str, body: Any = None) -> Response:
+    async def openai_job(route: str, body: Any = None) -> Answer:
         job_input: dict[str, Any] = {"openai_route": route}
         if body is not None:
             job_input["openai_input"] = body
-        answer = await jobs().run_exclusive(worker.handler.answer(job_input))
-        if answer.error is not None:
-            return _openai_error(answer.error)
-        return FastJSON(answer.body)
-
-    @openai_api.get("/models")
-    async def models(endpoint_id: str) -> Response:
-        return await openai_job("/v1/models")
-
-    def forward_to(route: str):
-        async def call(endpoint_id: str, request: Request) -> Response:
-            return await openai_job(route, await _json_body(request))
-
-        return call
-
-    for route in ("/v1/embeddings", "/v1/rerank", "/v1/classify", "/v1/tokenize"):
-        openai_api.add_api_route(route.removeprefix("/v1"), forward_to(route), methods=["POST"])
-    # Cohere's v2 rerank (what its newer clients and LiteLLM's cohere/ provider call): same body
-    app.add_api_route("/v2/{endpoint_id}/openai/v2/rerank", forward_to("/v2/rerank"), methods=["POST"],
-                      dependencies=[Depends(authorized)])
-    # Infinity's own un-versioned routes (LiteLLM's infinity/ provider, api_base ".../openai"):
-    # documents come back as strings, as Infinity's server answers them
-    for route in ("/rerank", "/embeddings"):
-        app.add_api_route(f"/v2/{{endpoint_id}}/openai{route}", forward_to(route), methods=["POST"],
-                          dependencies=[Depends(authorized)])
-
-    served = {"/v1/models": "GET", "/v1/embeddings": "POST", "/v1/rerank": "POST", "/v1/classify": "POST",
-              "/v1/tokenize": "POST"}
-
-    async def unknown_openai_path(endpoint_id: str, path: str, request: Request) -> Response:
-        route = "/v1/" + path.strip("/")
-        if route in served:  # the route exists: the method does not
-            raise HTTPException(405, f"{request.method} is not allowed on {route}; use {served[route]}",
-                                headers={"Allow": served[route]})
-        raise HTTPException(404, f"/v1/{path} is not served here; served: {', '.join(served)}")
+        return await jobs().run_exclusive(worker.handler.answer(job_input))
 
     app.include_router(runpod_api)
-    app.include_router(openai_api)
-    app.add_api_route("/v2/{endpoint_id}/openai/v1/{path:path}", unknown_openai_path,
-                      methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+    app.include_router(api_router("/v2/{endpoint_id}/openai", openai_job, [Depends(authorized)]))
+    app.add_api_route("/metrics", metrics_response, methods=["GET"], include_in_schema=False)
     return app
 
 
-class FastJSON(JSONResponse):
-    """JSON by orjson: about 20x faster than the standard encoder on float vectors."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-async def _json_body(request: Request) -> Any:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise HTTPException(400, "the request body is not valid JSON") from None
-
-
 async def _job_input(request: Request) -> Any:
-    body = await _json_body(request)
+    body = await json_body(request)
     unwrapped = isinstance(body, dict) and "model" in body  # the request itself, sent as the job
     if not isinstance(body, dict) or "input" not in body or unwrapped:
         hint = "; this one looks like the request itself: send it as the job's input" if unwrapped else ""
         raise HTTPException(400, 'the request body must be a JSON object with an "input" field, '
                                  f'{{"input": {{"model": ..., ...}}}}{hint}')
     return body["input"]
-
-
-def _openai_error(error: WorkerError) -> Response:
-    field, _, _ = error.message.partition(":")  # a request error starts with the field at fault
-    return FastJSON(error_body(error.status_code, error.message, True, field if field.isidentifier() else None),
-                    status_code=error.status_code)
 
 
 async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:

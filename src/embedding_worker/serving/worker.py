@@ -20,6 +20,7 @@ from embedding_worker.serving.job_handler import JobHandler
 from embedding_worker.engine.model_sources import ModelLocations
 from embedding_worker.service import EmbeddingService
 from embedding_worker.serving.logs import configure_logging
+from embedding_worker.serving.metrics import metrics
 from embedding_worker.serving.preflight import check_process_inputs
 from embedding_worker.settings import WorkerSettings, load_settings
 
@@ -49,21 +50,24 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
         options=LoadOptions(settings.onnx_quantized, settings.trust_remote_code, settings.pack_cpu_weights,
                             settings.model_download_timeout),
     )
+    registry.observe_batches(metrics().for_model)
+    metrics().health_sources.append(registry.health)
     service = EmbeddingService(registry, settings.media_limits, settings.max_output_values)
     handler = JobHandler(service, settings.runpod_max_concurrency, settings.limits)
     trimmer = MemoryTrimmer(every=settings.memory_trim_interval)
     return Worker(settings, registry, handler, trimmer.start() if settings.memory_trim_interval else trimmer)
 
 
-def start_worker() -> Worker | None:
-    """For the entry points: log setup, settings and the engine's environment, Infinity's
-    import, then `build_worker`; on failure, print one line."""
+def start_worker(settings: WorkerSettings | None = None) -> Worker | None:
+    """For the entry points: log setup, settings and the engine's environment (unless given,
+    read and set already), Infinity's import, then `build_worker`; on failure, print one line."""
     configure_logging()
     try:
-        check_process_inputs(sys.argv, os.environ)
-        settings = load_settings()
-        # What Infinity and the math libraries read when imported (queue size, thread pools)...
-        settings.export_engine_environment()
+        if settings is None:
+            check_process_inputs(sys.argv, os.environ)
+            settings = load_settings()
+            # What Infinity and the math libraries read when imported (queue size, thread pools)...
+            settings.export_engine_environment()
         # ...then Infinity, without the backends this process does not serve.
         import_infinity(settings.backend.value)
         configure_logging()  # again: Infinity put its own handler on the root logger

@@ -1,0 +1,43 @@
+"""The API's routes, declared once: every HTTP layout and the job normaliser read this table.
+
+A route is named as RunPod's OpenAI gateway names it in `openai_route` (`/v1/embeddings`);
+the same paths are served under the local endpoint's `/v2/<id>/openai` and at the root of a
+load-balancing endpoint. Each says which request it takes (`Route`), its method, and whether
+rerank documents come back as Cohere's `{"text"}` objects or as Infinity's strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Route(str, Enum):
+    models = "/v1/models"
+    embeddings = "/v1/embeddings"
+    rerank = "/v1/rerank"
+    classify = "/v1/classify"
+    tokenize = "/v1/tokenize"
+    texts = "standard input"  # embed or classify, by what the named model does
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    path: str
+    route: Route
+    method: str = "POST"
+    document_objects: bool = True  # rerank documents as {"text"}; Infinity's own routes: strings
+
+
+API_ROUTES = (
+    ApiRoute("/v1/models", Route.models, "GET"),
+    ApiRoute("/v1/embeddings", Route.embeddings),
+    ApiRoute("/v1/rerank", Route.rerank),
+    ApiRoute("/v1/classify", Route.classify),
+    ApiRoute("/v1/tokenize", Route.tokenize),
+    ApiRoute("/v2/rerank", Route.rerank),  # Cohere's v2 rerank (its newer SDKs, LiteLLM's cohere/): same body
+    # Infinity's own server's un-versioned routes (LiteLLM's infinity/ provider)
+    ApiRoute("/rerank", Route.rerank, document_objects=False),
+    ApiRoute("/embeddings", Route.embeddings),
+)
+BY_PATH = {api.path: api for api in API_ROUTES}

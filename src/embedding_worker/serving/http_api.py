@@ -1,0 +1,76 @@
+"""The API's routes (`api/routes.py`) served over HTTP under any prefix: the local endpoint's
+`/v2/<id>/openai`, a load-balancing endpoint's root. Each request becomes an `openai_route`
+job, as RunPod's gateway makes it, answered by the worker's handler through `call`; a failed
+one is answered with OpenAI's error body and a 4xx/5xx status, and so is any other path under
+`/v1`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+
+from embedding_worker.api.routes import API_ROUTES
+from embedding_worker.errors import WorkerError
+from embedding_worker.serving.http_defences import error_body
+from embedding_worker.serving.job_handler import Answer
+
+# (route path as in `openai_route`, JSON body or None) -> the handler's answer
+CallRoute = Callable[[str, Any], Awaitable[Answer | Response]]
+VERSIONED = {api.path: api.method for api in API_ROUTES if api.path.startswith("/v1/")}
+
+
+class FastJSON(JSONResponse):
+    """JSON by orjson: about 20x faster than the standard encoder on float vectors."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def api_router(prefix: str, call: CallRoute, dependencies: Sequence[Any] = ()) -> APIRouter:
+    """Every route of the table under `prefix`, each answered through `call`."""
+    router = APIRouter(prefix=prefix, dependencies=list(dependencies))
+    for api in API_ROUTES:
+        router.add_api_route(api.path, _endpoint(call, api.path, api.method == "POST"), methods=[api.method])
+    router.add_api_route("/v1/{path:path}", _unknown_path, methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+                         include_in_schema=False)
+    return router
+
+
+def _endpoint(call: CallRoute, path: str, has_body: bool):
+    async def endpoint(request: Request) -> Response:
+        answer = await call(path, await json_body(request) if has_body else None)
+        return answer if isinstance(answer, Response) else to_response(answer)
+
+    endpoint.__name__ = "api" + path.replace("/", "_")
+    return endpoint
+
+
+def to_response(answer: Answer) -> Response:
+    if answer.error is not None:
+        return openai_error(answer.error)
+    return FastJSON(answer.body)
+
+
+async def _unknown_path(path: str, request: Request) -> Response:
+    route = "/v1/" + path.strip("/")
+    if route in VERSIONED:  # the route exists: the method does not
+        raise HTTPException(405, f"{request.method} is not allowed on {route}; use {VERSIONED[route]}",
+                            headers={"Allow": VERSIONED[route]})
+    raise HTTPException(404, f"/v1/{path} is not served here; served: {', '.join(VERSIONED)}")
+
+
+async def json_body(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise HTTPException(400, "the request body is not valid JSON") from None
+
+
+def openai_error(error: WorkerError) -> Response:
+    field, _, _ = error.message.partition(":")  # a request error starts with the field at fault
+    return FastJSON(error_body(error.status_code, error.message, True, field if field.isidentifier() else None),
+                    status_code=error.status_code)
