@@ -59,5 +59,7 @@ DRY_RUN_VENV := .cache/gpu-dry-run
 gpu-dry-run: gpu-bundle
 	test -x $(DRY_RUN_VENV)/bin/python || $(PYTHON312) -m venv $(DRY_RUN_VENV)
 	$(DRY_RUN_VENV)/bin/python -m pip install --quiet torch==$(GPU_TORCH)
+	# what the GPU machine has beside its torch, built for newer libraries: the bundle must shadow them
+	$(DRY_RUN_VENV)/bin/python -m pip install --quiet "transformers>=5" accelerate datasets "numpy>=2" "huggingface_hub>=1"
 	GPU_PYTHON=$(DRY_RUN_VENV)/bin/python GPU_SITE=.cache/gpu-dry-run-site OUT=.cache/gpu-dry-run-out \
 		bash bench/gpu_run.sh --device cpu --sizes small --rounds 1 --scale 0.1

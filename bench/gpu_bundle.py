@@ -26,10 +26,12 @@ BUNDLE = ROOT / ".gpu"
 # What the worker imports to serve, its local endpoint and the check (see `closure`).
 ROOTS = ("infinity-emb", "sentence-transformers", "transformers", "tokenizers", "huggingface-hub", "safetensors",
          "runpod", "pydantic", "pydantic-settings", "orjson", "httpx", "fastapi", "uvicorn", "pillow",
-         "soundfile", "soxr", "numpy", "regex", "pyyaml", "tqdm", "packaging", "requests", "prometheus-client")
-# The machine's torch brings these, at the versions it needs.
-WITH_TORCH = {"torch", "sympy", "mpmath", "jinja2", "markupsafe", "filelock", "networkx", "fsspec",
-              "typing-extensions", "setuptools", "triton"}
+         "soundfile", "soxr", "numpy", "regex", "pyyaml", "tqdm", "packaging", "requests", "prometheus-client",
+         "typing-extensions", "filelock", "fsspec")
+# The machine's torch brings these, at the versions it needs. Pure-Python packages that the
+# worker's stack needs at versions of its own (pydantic 2.14: typing-extensions >= 4.16;
+# huggingface_hub: filelock, fsspec) are carried, and shadow the machine's.
+WITH_TORCH = {"torch", "sympy", "mpmath", "jinja2", "markupsafe", "networkx", "setuptools", "triton"}
 # Never imported on the serving path, so not carried: scikit-learn and SciPy (hidden while
 # Infinity is imported: `engine/lean_imports.py`), runpod's S3 uploads (boto3) and its CLI's
 # SSH crypto (paramiko stands in until used: `serving/runpod_patches.py`), the hub's Xet

@@ -6,7 +6,13 @@ threads. `EngineHealth.attach` wraps those stages so that the serving loop learn
 - a stage that raises: Infinity's thread has died and the engine will never answer again,
   so the model fails at once;
 - a forward pass that runs out of memory: retried in halves of the batch, so that one
-  oversized batch fails nothing and the engine keeps serving.
+  oversized batch fails nothing and the engine keeps serving. The halves are made from the
+  batch's items, not its features: each half goes through the model's own pre-processing
+  again, so every kind of model splits alike (dicts, `BatchEncoding`s, CLIP's and CLAP's
+  tuples, ColBERT's per-item lists, audio features), and the post-processing joins the
+  halves' results. The retry starts only after the failed attempt's exception and traceback
+  are released, its tensors collected and the GPU's cache emptied: a traceback holds every
+  tensor of the failed forward pass, and on a nearly full GPU the halves would fail too.
 
 A request queued behind others is not a sign of a dead engine. An engine is stuck only when
 it holds work and has finished no batch for REQUEST_TIMEOUT seconds.
@@ -15,8 +21,11 @@ it holds work and has finished no batch for REQUEST_TIMEOUT seconds.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -51,9 +60,10 @@ class EngineHealth:
         self._failed = asyncio.Event()
         for replica in getattr(engine, "_model_replicas", []):
             pre, core, post = (getattr(replica, stage) for stage in PIPELINE_STAGES)
-            replica.encode_pre = self._guarded(self._counting(pre), "encode_pre")
-            replica.encode_core = self._guarded(self._splitting_on_oom(core), "encode_core")
-            replica.encode_post = self._guarded(self._reporting(post), "encode_post")
+            batches = _BatchItems()
+            replica.encode_pre = self._guarded(self._counting(batches.remembering(pre)), "encode_pre")
+            replica.encode_core = self._guarded(self._splitting_on_oom(core, pre, batches), "encode_core")
+            replica.encode_post = self._guarded(self._reporting(_joining_halves(post)), "encode_post")
 
     def _guarded(self, run: Callable, stage: str) -> Callable:
         def guarded(*args, **kwargs):
@@ -82,21 +92,26 @@ class EngineHealth:
 
         return reporting
 
-    def _splitting_on_oom(self, run: Callable) -> Callable:
+    def _splitting_on_oom(self, run: Callable, pre: Callable, batches: _BatchItems) -> Callable:
         def forward(features, *args, **kwargs):
+            items = batches.take(features)
             try:
                 return run(features, *args, **kwargs)
-            except Exception as exc:
-                if not _is_out_of_memory(exc):
+            except Exception as exc:  # noqa: BLE001 - only an out-of-memory is retried, below
+                if not _is_out_of_memory(exc) or items is None or len(items) < 2:
                     raise
-                halves = _halves(features)
-                if halves is None:
-                    raise
-                _free_gpu_cache()
-                self.oom_retries += 1
-                log.warning("model %r: a batch of %d ran out of memory; retrying it in halves",
-                            self.name, _batch_size(features))
-                return _joined([forward(half, *args, **kwargs) for half in halves])
+            # Here the exception and its traceback, which held the failed attempt's tensors,
+            # are gone; cycles through them are collected and the GPU's cache handed back.
+            features = None
+            _release_memory()
+            self.oom_retries += 1
+            log.warning("model %r: a batch of %d ran out of memory; retrying it in halves", self.name, len(items))
+            middle = len(items) // 2
+            parts = []
+            for half in (items[:middle], items[middle:]):
+                half_features = batches.pre_process(pre, half)
+                parts.append(forward(half_features, *args, **kwargs))
+            return _Halves(parts)
 
         return forward
 
@@ -170,36 +185,70 @@ def _is_out_of_memory(exc: Exception) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
-def _batch_size(features: Any) -> int:
-    if isinstance(features, dict):
-        return len(next(iter(features.values())))
-    return len(features)
+class _BatchItems:
+    """The items each batch's features were made from, from pre-processing to the forward
+    pass, which may need to make halves of them again. Kept for the last KEPT batches (the
+    pipeline holds a few tokenized batches ahead of the forward pass), with the features
+    themselves, so a recycled `id` can never pair a batch with another's items."""
+
+    KEPT = 8
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[int, tuple[Any, list]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._pre_lock = threading.Lock()
+
+    def remember(self, features: Any, items: list) -> None:
+        with self._lock:
+            self._items[id(features)] = (features, list(items))
+            while len(self._items) > self.KEPT:
+                self._items.popitem(last=False)
+
+    def take(self, features: Any) -> list | None:
+        with self._lock:
+            kept, items = self._items.pop(id(features), (None, None))
+        return items if kept is features else None
+
+    def pre_process(self, pre: Callable, items: list, *args, **kwargs) -> Any:
+        """`pre(items)`, one call at a time: the pre-processing thread and a retry in the
+        forward pass's thread share the model's tokenizer, which is not safe for concurrent
+        calls (a fast tokenizer raises "Already borrowed")."""
+        with self._pre_lock:
+            features = pre(items, *args, **kwargs)
+        self.remember(features, items)
+        return features
+
+    def remembering(self, pre: Callable) -> Callable:
+        def pre_processing(items, *args, **kwargs):
+            return self.pre_process(pre, items, *args, **kwargs)
+
+        return pre_processing
 
 
-def _halves(features: Any) -> list[Any] | None:
-    """The batch split in two along its first axis, where its form allows; None otherwise."""
-    size = _batch_size(features) if isinstance(features, (dict, list)) and features else 0
-    if size < 2:
-        return None
-    middle = size // 2
-    if isinstance(features, list):
-        return [features[:middle], features[middle:]]
-    if not all(hasattr(value, "shape") and len(value) == size for value in features.values()):
-        return None
-    return [{k: v[:middle] for k, v in features.items()}, {k: v[middle:] for k, v in features.items()}]
+class _Halves:
+    """A forward pass's output made in halves: post-processing runs on each and joins them."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
 
 
-def _joined(parts: list[Any]) -> Any:
-    first = parts[0]
-    if isinstance(first, list):
-        return [item for part in parts for item in part]
-    import torch
+def _joining_halves(post: Callable) -> Callable:
+    def post_processing(output, *args, **kwargs):
+        if not isinstance(output, _Halves):
+            return post(output, *args, **kwargs)
+        results = [post_processing(part, *args, **kwargs) for part in output.parts]
+        if all(hasattr(result, "shape") for result in results):  # numpy arrays: one per item, stacked
+            import numpy as np
 
-    if isinstance(first, torch.Tensor):
-        return torch.cat(parts)
-    import numpy as np
+            return np.concatenate(results)
+        return [item for result in results for item in result]
 
-    return np.concatenate(parts)
+    return post_processing
+
+
+def _release_memory() -> None:
+    gc.collect()
+    _free_gpu_cache()
 
 
 def _free_gpu_cache() -> None:

@@ -82,7 +82,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
                      spec.name, ", ".join(dropped))
         if positions := fit_text_length(replica):
             log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
-        fit_audio_model(replica)
+        fit_audio_model(replica, hardware.device, dtype)
         if options.pack_cpu_weights and spec.backend is Backend.torch and hardware.device == "cpu":
             from embedding_worker.engine.cpu_kernels import pack_linear_layers
             from embedding_worker.engine.real_tokens import compute_on_real_tokens
@@ -91,6 +91,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
             encoders = compute_on_real_tokens(replica) if getattr(replica, "real_tokens_safe", True) else 0
             log.info("model %r: %d linear layers packed for oneDNN%s", spec.name, packed,
                      "; computes on real tokens only" if encoders else "")
+    device, dtype = placement(replicas, hardware.device, dtype)
     config = model_config(found.path)
     architecture = (config.get("architectures") or [config.get("model_type", "unknown")])[0]
     tested = sum(self_test(spec.name, replica, set(engine.capabilities), architecture) for replica in replicas)
@@ -103,7 +104,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         spec.backend.value,
         dtype,
         spec.batch_size,
-        hardware.describe(),
+        hardware.describe() if device == hardware.device else device,
         1000 * tested,
         time.perf_counter() - started,
     )
@@ -112,7 +113,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         spec=spec,
         engine=engine,
         created=int(time.time()),
-        device=hardware.device,
+        device=device,
         dtype=dtype,
         embedding_dimension=dimension,
         max_input_tokens=max_tokens,
@@ -153,3 +154,20 @@ def _media_inputs(model: object) -> dict[str, int | None]:
              if isinstance(size, dict) for value in size.values() if isinstance(value, int)]
     rate = getattr(model, "sampling_rate", None)
     return {"image_side": max(sides) if sides else None, "sampling_rate": rate if isinstance(rate, int) else None}
+
+
+def placement(replicas: list, device: str, dtype: str) -> tuple[str, str]:
+    """The device and precision a torch model really runs at, read from its own parameters
+    (what was asked, for other backends and for int8 and fp8, whose packed weights are not
+    parameters)."""
+    if dtype in ("int8", "fp8"):
+        return device, dtype
+    import torch
+
+    for replica in replicas:
+        modules = [replica] if isinstance(replica, torch.nn.Module) else [
+            value for value in vars(replica).values() if isinstance(value, torch.nn.Module)]
+        for module in modules:
+            for parameter in module.parameters():
+                return parameter.device.type, str(parameter.dtype).removeprefix("torch.")
+    return device, dtype
