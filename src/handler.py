@@ -21,13 +21,27 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 def main() -> int:
+    from embedding_worker.errors import SettingsError
+    from embedding_worker.serving.logs import print_error
+    from embedding_worker.serving.preflight import USAGE, check_flags, wants_help
+
+    if wants_help(sys.argv):
+        print(USAGE)
+        return 0
+    try:
+        check_flags(sys.argv)
+    except SettingsError as err:
+        print_error(str(err))
+        return 1
     if os.environ.get("ENDPOINT_TYPE", "").strip() == "load_balancer":
         from embedding_worker.serving.load_balancer import main as serve_load_balancer
 
         return serve_load_balancer()
+    from embedding_worker.serving.logs import capture_prints
     from embedding_worker.serving.runpod_patches import import_runpod
     from embedding_worker.serving.worker import start_worker
 
+    capture_prints()  # runpod's banner and other prints: log lines like the rest
     worker = start_worker()
     if worker is None:
         return 1

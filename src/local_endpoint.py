@@ -9,11 +9,18 @@ own settings are LOCAL_* variables (README, "Local endpoint settings"); the flag
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="Serve the worker like a RunPod endpoint, locally.")
+    parser = argparse.ArgumentParser(
+        description="Serve the worker like a RunPod endpoint, locally: RunPod's API under /v2/<any id>/ "
+                    "(runsync, run, status, ...) and the OpenAI routes under /v2/<any id>/openai/v1/.",
+        epilog="Models and settings come from the worker's variables: MODEL_NAMES (required, ;-separated hub ids "
+               "or folders), HF_HOME (the Hugging Face cache), HF_HUB_OFFLINE=1 (only the caches), HF_ENDPOINT, "
+               "DTYPES, BATCH_SIZES, ... (the README's Configuration table); the endpoint's own settings are "
+               "LOCAL_* variables, the flags win.")
     parser.add_argument("--host", help="address to listen on (LOCAL_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (LOCAL_PORT, default 8000)")
     parser.add_argument("--api-key", help="require this key (Authorization: Bearer KEY), as RunPod's API "
@@ -49,7 +56,8 @@ def main() -> int:
     import_runpod()  # before create_app imports runpod's job runner
 
     app = create_app(worker, config)
-    print(f"serving on http://{config.host}:{sock.getsockname()[1]}/v2/<any endpoint id>", flush=True)
+    logging.getLogger("embedding_worker.serving").info(
+        "serving on http://%s:%d/v2/<any endpoint id>", config.host, sock.getsockname()[1])
     serve(app, sock, header_timeout=config.header_timeout, keep_alive_timeout=config.keep_alive_timeout,
           max_connections=config.max_connections)
     return 0

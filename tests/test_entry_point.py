@@ -80,32 +80,54 @@ def test_runpods_variables_and_arguments_are_checked_before_any_model_loads():
         ({"RUNPOD_LOG_LEVEL": "verbose"}, ["--test_input", '{"input": {}}'],
          "error: RUNPOD_LOG_LEVEL: 'verbose' is not one of NOTSET, TRACE, DEBUG, INFO, WARN, ERROR"),
         ({}, ["--test_input", "{bad"], "error: --test_input: not valid JSON"),
-        ({}, ["--test_input=[1]"], 'error: --test_input: must be a JSON object with an "input" field'),
+        ({}, ["--test_input=[1]"], 'error: --test_input: must be a JSON object whose "input" is the request object'),
+        ({}, ["--test_input", '{"model": "m", "input": "Hello"}'],
+         "error: --test_input: this looks like the request itself; wrap it as the job's input: "
+         '\'{"input": {"model": "...", "input": "Hello"}}\''),
+        ({}, ["--no-such-flag"], "error: --no-such-flag: not a flag of this worker; flags: --rp_log_level"),
         ({"RUNPOD_REALTIME_PORT": "eighty"}, [], "error: RUNPOD_REALTIME_PORT: 'eighty' is not a whole number"),
     ):
         done, seconds = run_handler({"MODEL_NAMES": "no-such/model-anywhere", **env}, *args)
         assert done.returncode == 1 and seconds < 15
         assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-500:]
+        assert done.stderr.count("error:") == 1  # said once
         assert "Traceback" not in done.stderr and "no-such/model" not in done.stderr  # nothing loaded
+
+
+def test_help_prints_usage_with_the_variables_that_matter_and_exits_0():
+    done, seconds = run_handler({}, "--help")
+    assert done.returncode == 0 and seconds < 15
+    assert done.stdout.startswith("usage: python src/handler.py")
+    for variable in ("MODEL_NAMES", "HF_HOME", "HF_HUB_OFFLINE", "HF_ENDPOINT", "ENDPOINT_TYPE", "--test_input"):
+        assert variable in done.stdout
+    local = subprocess.run([sys.executable, "src/local_endpoint.py", "--help"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+    assert local.returncode == 0 and "MODEL_NAMES" in local.stdout and "HF_HUB_OFFLINE" in local.stdout
 
 
 def test_logs_are_one_event_per_line_in_one_format(embedder_path):
     import re
 
-    done, _ = run_handler({"MODEL_NAMES": str(embedder_path)}, "--test_input",
-                          json.dumps({"input": {"model": str(embedder_path), "input": "hello"}}))
+    done, _ = run_handler({"MODEL_NAMES": str(embedder_path), "SERVED_MODEL_NAMES": "mini"}, "--test_input",
+                          json.dumps({"input": {"model": "mini", "input": "hello"}}))
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     stamped = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
     assert all(stamped.match(line) for line in lines), [line for line in lines if not stamped.match(line)]
     assert not [line for line in lines if " WARNING " in line]  # a healthy start warns of nothing
-    assert any(re.search(r"job local_test: standard input, model .+, 1 items, \d+ ms$", line) for line in lines)
+    assert any(re.search(r"job local_test: /v1/embeddings, model .+, 1 items, \d+ ms$", line) for line in lines)
+    assert sum(str(embedder_path) in line for line in lines) == 1  # the model's folder, said once
     as_json, _ = run_handler({"MODEL_NAMES": str(embedder_path), "LOG_FORMAT": "json"}, "--test_input",
                              json.dumps({"input": {"model": "nope", "input": "hello"}}))
+    stdout = [json.loads(line) for line in as_json.stdout.strip().splitlines()]  # every line, both streams
     entries = [json.loads(line) for line in as_json.stderr.strip().splitlines()]
     assert {"time", "level", "logger", "message"} <= set(entries[0])
-    assert any(e["message"].startswith("job local_test: standard input, model nope, 1 items") and
-               "failed: model: 'nope' is not deployed" in e["message"] for e in entries)
+    assert any(e.get("message", "").startswith("--- Starting Serverless Worker") for e in stdout + entries)
+    ends = [e for e in entries if e["message"].startswith("job local_test: /v1/embeddings, model nope, 1 items")]
+    assert len(ends) == 1 and ends[0]["job_id"] == "local_test"
+    assert "failed: model: 'nope' is not deployed" in ends[0]["message"]
+    said = [e for e in stdout + entries if "'nope' is not deployed" in json.dumps(e)]
+    assert len(said) == 2  # the job's line, and its output (the error, as the job's result)
 
 
 def test_a_model_that_cannot_load_exits_1_naming_it(tmp_path: Path):

@@ -174,6 +174,18 @@ def test_unknown_openai_paths_answer_an_openai_error(endpoint):
     assert httpx.get(f"{endpoint}/openai/v1/nope", headers=headers).status_code == 404
 
 
+@pytest.mark.parametrize("wrong_base", ["/v1", "/v2/local", ""])
+def test_the_openai_sdk_with_a_wrong_base_url_shows_where_the_api_is(endpoint, wrong_base):
+    import openai
+
+    root = endpoint.removesuffix("/v2/local")
+    client = openai.OpenAI(base_url=root + wrong_base, api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.embeddings.create(model=EMBEDDER_ID, input="x")
+    assert "the OpenAI API is under /v2/<endpoint id>/openai/v1/" in str(raised.value)
+    assert f'base_url "{root}/v2/local/openai/v1"' in str(raised.value)
+
+
 def test_one_error_shape_per_api_family_on_every_route_and_method(endpoint):
     headers = {"Authorization": f"Bearer {API_KEY}"}
     wrong_method = httpx.get(f"{endpoint}/openai/v1/embeddings", headers=headers)

@@ -6,6 +6,7 @@ one is answered with OpenAI's error body and a 4xx/5xx status, and so is any oth
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -18,8 +19,8 @@ from embedding_worker.errors import WorkerError
 from embedding_worker.serving.http_defences import error_body
 from embedding_worker.serving.job_handler import Answer
 
-# (route path as in `openai_route`, JSON body or None) -> the handler's answer
-CallRoute = Callable[[str, Any], Awaitable[Answer | Response]]
+# (route path as in `openai_route`, JSON body or None, request id) -> the handler's answer
+CallRoute = Callable[[str, Any, str], Awaitable[Answer | Response]]
 VERSIONED = {api.path: api.method for api in API_ROUTES if api.path.startswith("/v1/")}
 
 
@@ -42,8 +43,12 @@ def api_router(prefix: str, call: CallRoute, dependencies: Sequence[Any] = ()) -
 
 def _endpoint(call: CallRoute, path: str, has_body: bool):
     async def endpoint(request: Request) -> Response:
-        answer = await call(path, await json_body(request) if has_body else None)
-        return answer if isinstance(answer, Response) else to_response(answer)
+        # the id the job's log line carries, the client's own where it sent one
+        request_id = request.headers.get("x-request-id", "")[:64] or f"req-{uuid.uuid4().hex[:12]}"
+        answer = await call(path, await json_body(request) if has_body else None, request_id)
+        response = answer if isinstance(answer, Response) else to_response(answer)
+        response.headers["X-Request-Id"] = request_id
+        return response
 
     endpoint.__name__ = "api" + path.replace("/", "_")
     return endpoint

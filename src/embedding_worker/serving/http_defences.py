@@ -74,18 +74,18 @@ def origin_allowed(origin: str, allowed_names: frozenset[str]) -> bool:
 
 class RequestGuard:
     """`allowed_hosts` None: any host and origin (a server behind RunPod's load balancer, which
-    reaches it under the endpoint's own name); `openai_prefix`: the paths answered in OpenAI's
-    error shape; `limits`: how the refusals name the body limits."""
+    reaches it under the endpoint's own name); `openai_paths`: which paths are answered in
+    OpenAI's error shape (`looks_like_openai`); `limits`: how the refusals name the body limits."""
 
     def __init__(self, app, *, allowed_hosts: Iterable[str] | None, max_body_bytes: int, body_timeout: float,
-                 openai_prefix: str = "/openai/",
+                 openai_paths: Callable[[str], bool] | None = None,
                  limits: tuple[str, str] = ("LOCAL_MAX_BODY_BYTES", "LOCAL_BODY_TIMEOUT")) -> None:
         self.app = app
         self.allowed = None if allowed_hosts is None else frozenset(
             h.strip().lower() for h in allowed_hosts if h.strip())
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
-        self.openai_prefix = openai_prefix
+        self.openai_paths = openai_paths or looks_like_openai
         self.body_limit, self.time_limit = limits
 
     async def __call__(self, scope, receive, send) -> None:
@@ -93,7 +93,7 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self._refusal(scope["method"], headers)
-        openai = self.openai_prefix in scope["path"]
+        openai = self.openai_paths(scope["path"])
         if refusal is not None:
             return await _error(send, *refusal, openai=openai)
         if scope["method"] == "OPTIONS":  # a preflight from an allowed origin (others got 403 above)
@@ -163,6 +163,15 @@ async def _preflight(send, headers: dict[str, str]) -> None:
                    (b"access-control-max-age", b"600"), (b"vary", b"Origin")]
     await send({"type": "http.response.start", "status": 204, "headers": answer})
     await send({"type": "http.response.body", "body": b""})
+
+
+OPENAI_NAMES = frozenset({"embeddings", "models", "rerank", "classify", "tokenize", "completions", "responses"})
+
+
+def looks_like_openai(path: str) -> bool:
+    """A path an OpenAI-style client would call: under `/openai/`, any `/v1/`, or ending in one
+    of the API's names (an SDK with a wrong `base_url` still reads its error then)."""
+    return "/openai/" in path or "/v1/" in path or path.rstrip("/").rsplit("/", 1)[-1] in OPENAI_NAMES
 
 
 def error_body(status: int, message: str, openai: bool, param: str | None = None) -> dict[str, Any]:

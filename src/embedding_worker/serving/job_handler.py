@@ -72,11 +72,12 @@ class JobHandler:
         """The job's answer; one log line when it ends: id, route, model, items, time and,
         if it failed, why."""
         started = time.perf_counter()
-        openai, parsed = False, None
+        openai, parsed, route = False, None, None
         try:
             parsed = normalize_job_input(job_input, self.limits)
             openai = parsed.openai
-            answer = Answer(body=await self._run(parsed), openai=openai)
+            route, body = await self._run(parsed)
+            answer = Answer(body=body, openai=openai)
         except WorkerError as err:
             answer = Answer(error=err, openai=openai)
         except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not the worker
@@ -84,18 +85,21 @@ class JobHandler:
             answer = Answer(error=InternalError(f"internal error: {type(exc).__name__}: {exc}"), openai=openai)
         request = getattr(parsed, "request", None)
         items = getattr(request, "docs", None) or getattr(request, "input", None) or ()
-        route, model = parsed.route.value if parsed else "invalid input", _short(getattr(request, "model", "-"))
+        label = _label(route or (parsed.route if parsed else None))
+        model = _short(getattr(request, "model", "-"))
         seconds = time.perf_counter() - started
-        log.info("job %s: %s, model %s, %d items, %.0f ms%s", _short(str(job_id or "-")), route, model,
+        log.info("job %s: %s, model %s, %d items, %.0f ms%s", _short(str(job_id or "-")), label, model,
                  len(items), 1000 * seconds,
-                 f"; failed: {_short(answer.error.message, 300)}" if answer.error is not None else "")
+                 f"; failed: {_short(answer.error.message, 300)}" if answer.error is not None else "",
+                 extra={"job_id": job_id})
         tokens = (answer.body or {}).get("usage", {}).get("prompt_tokens", 0) if answer.error is None else 0
-        metrics().request_ended(route, model if answer.error is None else "-",
+        metrics().request_ended(label, model if answer.error is None else "-",
                                 "ok" if answer.error is None else str(answer.error.status_code), seconds,
                                 len(items), tokens)
         return answer
 
-    async def _run(self, job: Job) -> dict[str, Any]:
+    async def _run(self, job: Job) -> tuple[Route, dict[str, Any]]:
+        """The job's route, resolved (a standard job to a classifier classifies), and its body."""
         request, route = job.request, job.route
         if route is Route.texts:
             if self.service.is_classifier(request.model):
@@ -115,7 +119,7 @@ class JobHandler:
             response = await self.service.classify(request)
         else:
             response = self.service.list_models()
-        return response.model_dump(mode="json", exclude_none=True)
+        return route, response.model_dump(mode="json", exclude_none=True)
 
     def concurrency_modifier(self, current_concurrency: int) -> int:
         """How many jobs to take at once: RUNPOD_MAX_CONCURRENCY while the engines have room,
@@ -124,6 +128,14 @@ class JobHandler:
         failing it; more again as the backlog drains."""
         headroom = 1.0 - self.service.registry.fullness()
         return max(1, min(self.max_concurrency, math.floor(self.max_concurrency * headroom)))
+
+
+def _label(route: Route | None) -> str:
+    """The route a job took, named alike for every job kind (a standard job that failed before
+    its model was known counts as embeddings, what such jobs are)."""
+    if route is None:
+        return "invalid input"
+    return Route.embeddings.value if route is Route.texts else route.value
 
 
 def _short(text: str, limit: int = 100) -> str:

@@ -36,6 +36,7 @@ from starlette.requests import ClientDisconnect
 
 from embedding_worker.serving.http_api import FastJSON, api_router, to_response
 from embedding_worker.serving.http_defences import RequestGuard, bind, error_body, serve
+from embedding_worker.serving.logs import print_error
 from embedding_worker.serving.metrics import metrics, metrics_response
 from embedding_worker.serving.worker import Worker, start_worker
 from embedding_worker.settings import WorkerSettings
@@ -85,7 +86,7 @@ def create_app(state: LoadBalancerState) -> FastAPI:
                   default_response_class=FastJSON, docs_url=None, redoc_url=None, openapi_url=None,
                   exception_handlers={StarletteHTTPException: _http_error, ClientDisconnect: _client_gone})
     app.add_middleware(RequestGuard, allowed_hosts=None, max_body_bytes=MAX_BODY_BYTES, body_timeout=30.0,
-                       openai_prefix="/", limits=("30 MB, RunPod's payload cap", "30 s"))
+                       openai_paths=lambda path: True, limits=("30 MB, RunPod's payload cap", "30 s"))
     if health_port is not None:
         app.add_middleware(HealthPortOnly, port=health_port, path=settings.health_check_path)
 
@@ -97,7 +98,7 @@ def create_app(state: LoadBalancerState) -> FastAPI:
         body = {"status": "ready", "models": state.worker.registry.health()} if status == 200 else {"error": reason}
         return FastJSON(body, status_code=status)
 
-    async def call(path: str, body: Any) -> Response:
+    async def call(path: str, body: Any, request_id: str) -> Response:
         if state.stopping:
             return _refuse(503, "the worker is stopping; retry on another worker", retry_after=1)
         if state.worker is None:
@@ -112,7 +113,7 @@ def create_app(state: LoadBalancerState) -> FastAPI:
         metrics().in_progress.inc()
         try:
             async with asyncio.timeout(DEADLINE):
-                return to_response(await state.worker.handler.answer(job_input))
+                return to_response(await state.worker.handler.answer(job_input, request_id))
         except TimeoutError:
             return _refuse(504, f"the request ran past {DEADLINE:g} s, RunPod's limit for a load-balanced "
                                 "request; send smaller requests")
@@ -181,7 +182,7 @@ def serve_load_balancer(settings: WorkerSettings) -> int:
     try:
         sockets = [bind(HOST, port, "PORT (or PORT_HEALTH)") for port in ports]
     except OSError as exc:
-        print(f"error: {exc}", flush=True)
+        print_error(str(exc))
         return 1
     state = LoadBalancerState(settings)
     log.info("load-balancing endpoint: the API on port %d, health at %s on port %d; loading %d model(s)",
@@ -207,7 +208,7 @@ def main() -> int:
     try:
         settings = load_settings()
     except SettingsError as err:
-        print(f"error: {err}", flush=True)
+        print_error(str(err))
         return 1
     settings.export_engine_environment()  # before torch and Infinity are imported
     return serve_load_balancer(settings)

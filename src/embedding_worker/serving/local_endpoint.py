@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from embedding_worker.serving.http_api import FastJSON, api_router, json_body
-from embedding_worker.serving.http_defences import RequestGuard, error_body
+from embedding_worker.serving.http_defences import RequestGuard, error_body, looks_like_openai
 from embedding_worker.serving.job_handler import Answer
 from embedding_worker.serving.job_store import JobStore
 from embedding_worker.serving.metrics import metrics_response
@@ -158,11 +158,11 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
     async def purge_queue(endpoint_id: str) -> Response:
         return FastJSON({"removed": jobs().purge_queue(), "status": "completed"})
 
-    async def openai_job(route: str, body: Any = None) -> Answer:
+    async def openai_job(route: str, body: Any, request_id: str) -> Answer:
         job_input: dict[str, Any] = {"openai_route": route}
         if body is not None:
             job_input["openai_input"] = body
-        return await jobs().run_exclusive(worker.handler.answer(job_input))
+        return await jobs().run_exclusive(worker.handler.answer(job_input, request_id))
 
     app.include_router(runpod_api)
     app.include_router(api_router("/v2/{endpoint_id}/openai", openai_job, [Depends(authorized)]))
@@ -185,13 +185,16 @@ async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    """Every HTTP error, routing's 404 and 405 included, in its API family's one shape."""
-    message = exc.detail
+    """Every HTTP error, routing's 404 and 405 included, in its API family's one shape: OpenAI's
+    on any path an OpenAI-style client would call, so its SDK shows the message."""
+    message, path = exc.detail, request.url.path
+    openai = looks_like_openai(path)
     if exc.status_code == 405 and message == "Method Not Allowed":  # routing's own: say what to use
         allowed = (exc.headers or {}).get("Allow", "")
-        message = f"{request.method} is not allowed on {request.url.path}; use {allowed or 'another method'}"
+        message = f"{request.method} is not allowed on {path}; use {allowed or 'another method'}"
     elif exc.status_code == 404 and message == "Not Found":
-        message = (f"{request.url.path} is not served here; the API is under /v2/<endpoint id>/ "
+        message = (f"{path} is not served here; the OpenAI API is under /v2/<endpoint id>/openai/v1/ (base_url "
+                   f"\"{request.base_url}v2/local/openai/v1\")" if openai else
+                   f"{path} is not served here; the API is under /v2/<endpoint id>/ "
                    "(runsync, run, status, stream, cancel, purge-queue, health, openai/v1/...)")
-    return FastJSON(error_body(exc.status_code, message, "/openai/" in request.url.path),
-                    status_code=exc.status_code, headers=exc.headers)
+    return FastJSON(error_body(exc.status_code, message, openai), status_code=exc.status_code, headers=exc.headers)

@@ -29,8 +29,12 @@ import orjson
 
 LOG_FORMATS = ("text", "json")
 LIBRARIES = ("embedding_worker", "infinity_emb", "transformers", "sentence_transformers", "huggingface_hub",
-             "optimum", "runpod", "uvicorn", "uvicorn.error")
-QUIET = ("`torch_dtype` is deprecated",)
+             "optimum", "runpod", "uvicorn", "uvicorn.error", "uvicorn.access")
+QUIET = ("`torch_dtype` is deprecated",
+         # the model's folder, said again by Infinity and sentence-transformers: the worker's model line has it
+         "selected, using engine=", "Load pretrained SentenceTransformer:")
+# runpod's lines for each job, which the worker's own job line already says
+RUNPOD_PER_JOB = ("Started.", "Finished.", "failed with error:", "completed successfully.", "Job result:")
 # warnings about a working model, told as what they are: Infinity's ONNX graph optimisation
 # falls back to the exported graph (the vectors are the same), not a fault
 DEMOTED = ("Going to use the unoptimized model",)
@@ -92,7 +96,47 @@ def route_runpod_logs() -> None:
             return
         if message_level != "TIP" and LOG_LEVELS.index(self.level) > LOG_LEVELS.index(message_level):
             return
+        if any(str(message).startswith(line) or line in str(message)[:200] for line in RUNPOD_PER_JOB):
+            return
         text = f"{job_id} | {message}" if job_id else str(message)
         log.log(RUNPOD_LEVELS.get(message_level, logging.INFO), "%s", text, extra={"job_id": job_id})
 
     RunPodLogger.log = to_logging
+
+
+class PrintedLines:
+    """Standard output as the process writes it, where every line is a log record but the
+    JSON lines of job outputs: runpod's banner and other libraries' prints become records of
+    the `print` logger, so that with LOG_FORMAT=json every line is one JSON object."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.pending = stream, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            if line.lstrip().startswith(("{", "[")) or not line.strip():
+                self.stream.write(line + "\n")
+            else:
+                logging.getLogger("print").info("%s", line.strip())
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def capture_prints() -> None:
+    if not isinstance(sys.stdout, PrintedLines):
+        sys.stdout = PrintedLines(sys.stdout)
+
+
+def print_error(message: str) -> None:
+    """The one line a failed start ends with: `error: ...` on stderr, or as a JSON record."""
+    if os.environ.get("LOG_FORMAT", "text").strip().lower() == "json":
+        logging.getLogger("embedding_worker").error("error: %s", message)
+    else:
+        print(f"error: {message}", file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ from embedding_worker.engine.lean_imports import import_infinity
 from embedding_worker.serving.job_handler import JobHandler
 from embedding_worker.engine.model_sources import ModelLocations
 from embedding_worker.service import EmbeddingService
-from embedding_worker.serving.logs import configure_logging
+from embedding_worker.serving.logs import configure_logging, print_error
 from embedding_worker.serving.metrics import metrics
 from embedding_worker.serving.preflight import check_process_inputs
 from embedding_worker.settings import WorkerSettings, load_settings
@@ -73,5 +73,5 @@ def start_worker(settings: WorkerSettings | None = None) -> Worker | None:
         configure_logging()  # again: Infinity put its own handler on the root logger
         return build_worker(settings)
     except WorkerError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(str(err))
         return None
