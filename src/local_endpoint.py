@@ -39,28 +39,36 @@ def main() -> int:
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 1
 
+    from embedding_worker.errors import SettingsError
     from embedding_worker.serving.http_defences import bind, serve
+    from embedding_worker.serving.logs import configure_logging, print_error
+    from embedding_worker.settings import load_settings
 
+    configure_logging()
+    try:
+        settings = load_settings()  # the worker's settings, checked before the port is taken
+    except SettingsError as err:
+        print_error(str(err))
+        return 1
+    settings.export_engine_environment()
     try:
         sock = bind(config.host, config.port)  # in the first second, before any model loads
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 1
 
     from embedding_worker.serving.runpod_patches import import_runpod
     from embedding_worker.serving.worker import start_worker
 
-    worker = start_worker()
-    if worker is None:
-        return 1
     import_runpod()  # before create_app imports runpod's job runner
-
-    app = create_app(worker, config)
+    # The models load beside the running server: a job sent meanwhile waits IN_QUEUE, and its
+    # delayTime counts the wait, as on RunPod.
+    app = create_app(lambda: start_worker(settings), config)
     logging.getLogger("embedding_worker.serving").info(
-        "serving on http://%s:%d/v2/<any endpoint id>", config.host, sock.getsockname()[1])
+        "serving on http://%s:%d/v2/<any endpoint id>; loading the models", config.host, sock.getsockname()[1])
     serve(app, sock, header_timeout=config.header_timeout, keep_alive_timeout=config.keep_alive_timeout,
           max_connections=config.max_connections)
-    return 0
+    return app.state.exit_code
 
 
 if __name__ == "__main__":

@@ -332,3 +332,48 @@ def test_readme_snippet_runs_against_the_local_endpoint(endpoint, name):
     for line, comment in zip(printed, comments):
         if "or later" not in comment:
             assert line == comment
+
+
+def test_a_job_sent_while_the_models_load_waits_in_queue_and_its_delay_counts_the_wait(
+        tiny_embedder_path, tmp_path):
+    """The server answers from its first second: /health says the worker is initializing, a
+    /runsync sent then waits for the models, and its delayTime counts that wait."""
+    from conftest import free_port
+    from stand_in_hub import Fault, StandInHub
+
+    size = (tiny_embedder_path / "model.safetensors").stat().st_size
+    with StandInHub({"stand-in/slow": tiny_embedder_path}) as hub:
+        hub.add_fault(Fault("model.safetensors", rate=size / 2))  # two seconds for the weights
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "MODEL_NAMES": "stand-in/slow", "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+                 "HF_HOME": str(tmp_path / "home"), "HF_HUB_CACHE": str(tmp_path / "home/hub"),
+                 "BAKED_HF_CACHE": str(tmp_path / "none"), "RUNPOD_VOLUME_DIR": str(tmp_path / "none")})
+        base = f"http://127.0.0.1:{port}/v2/local"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    health = httpx.get(f"{base}/health", timeout=2)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            assert health.status_code == 503 and health.json()["workers"] == {"initializing": 1}
+            reply = httpx.post(f"{base}/runsync", json={"input": {"model": "stand-in/slow", "input": "hi"}},
+                               timeout=120).json()
+        finally:
+            server.terminate()
+            code = server.wait(60)
+    assert reply["status"] == "COMPLETED" and len(reply["output"]["data"]) == 1
+    assert reply["delayTime"] > 1000, reply["delayTime"]
+    assert code == 0
+
+
+def test_a_local_endpoint_whose_models_cannot_load_exits_1_in_one_line():
+    done = subprocess.run([sys.executable, "src/local_endpoint.py", "--port", "0"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "MODEL_NAMES": "a/b", "BACKEND": "tpu"})
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: invalid settings: BACKEND: 'tpu'")

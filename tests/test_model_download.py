@@ -511,3 +511,25 @@ def test_large_weights_copied_from_a_read_only_cache_are_hashed_before_they_are_
     found = resolve_model(REPO, None, places, access=access(hub))
     assert (found.path / WEIGHTS).read_bytes() == (tiny_embedder_path / WEIGHTS).read_bytes()
     assert len(weights_gets(hub)) == 1
+
+
+def test_a_hub_that_cannot_be_reached_is_given_up_in_seconds_naming_where_models_come_from(
+        places, monkeypatch, log_lines):
+    """Connection refused is not a flaky hub: given up after UNREACHABLE_FOR (here 2 s), not
+    MODEL_DOWNLOAD_TIMEOUT (300 s), in one line naming the variables that decide where models
+    come from; the first line said what was downloaded from where, and why."""
+    from conftest import free_port
+    from embedding_worker.engine.model_sources import hub as hub_module
+
+    monkeypatch.setattr(hub_module, "UNREACHABLE_FOR", 2.0)
+    nowhere = HubAccess(f"http://127.0.0.1:{free_port()}", offline=False, timeout=300.0, backoff=0.2)
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as failed:
+        resolve_model(REPO, None, places, access=nowhere)
+    assert time.monotonic() - started < 10
+    message = str(failed.value)
+    assert message.startswith(f"could not load model '{REPO}': the hub could not be reached for 2 s (ConnectError")
+    assert all(variable in message for variable in ("HF_HUB_OFFLINE=1", "HF_HOME", "HF_ENDPOINT")) and "\n" not in message
+    first = next(r.getMessage() for r in log_lines.records if "downloading it from" in r.getMessage())
+    assert f"not in the image ({places.baked_cache})" in first and str(places.hf_cache) in first
+    assert "(retry 1)" in log_lines.text and "attempt" not in log_lines.text

@@ -76,7 +76,11 @@ class JobStore:
         runsync_ttl: float,
         max_bytes: int,
         max_jobs: int,
+        ready: asyncio.Event | None = None,
     ) -> None:
+        """`ready`: jobs wait IN_QUEUE until it is set (the models are loading), so their
+        `delayTime` counts that wait, as RunPod's does."""
+        self._ready = ready
         self._run_job = run_job
         self._capacity = capacity
         self._ttl = ttl
@@ -165,6 +169,8 @@ class JobStore:
         }
 
     async def _start_turn(self) -> None:
+        if self._ready is not None:
+            await self._ready.wait()
         async with self._turn:
             await self._turn.wait_for(lambda: self._running < max(1, self._capacity(self._running)))
             self._running += 1

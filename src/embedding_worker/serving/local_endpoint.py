@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,7 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from embedding_worker.serving.http_api import FastJSON, api_router, json_body
 from embedding_worker.serving.http_defences import RequestGuard, error_body, looks_like_openai
-from embedding_worker.serving.job_handler import Answer
+from embedding_worker.serving.job_handler import Answer, JobHandler
 from embedding_worker.serving.job_store import JobStore
 from embedding_worker.serving.metrics import metrics_response
 from embedding_worker.serving.worker import Worker
@@ -57,28 +58,53 @@ class LocalEndpointConfig(BaseSettings):
     max_jobs: int = 10_000  # jobs kept at most
 
 
-def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
+def create_app(worker: Worker | Callable[[], Worker | None], config: LocalEndpointConfig) -> FastAPI:
+    """The app over a loaded `worker`, or over one that a loader makes while the app already
+    answers: jobs then wait IN_QUEUE for the models (their `delayTime` counts it), `/health`
+    answers 503 until they are loaded, and a loader that fails (None) ends the server with
+    `app.state.exit_code` 1."""
     from runpod.serverless.modules.rp_job import run_job
 
-    state: dict[str, JobStore] = {}
+    ready = asyncio.Event()
+    state: dict[str, Any] = {} if callable(worker) else {"worker": worker}
+
+    def handler() -> JobHandler:
+        return state["worker"].handler
+
+    async def load(app: FastAPI) -> None:
+        if "worker" not in state:
+            loaded = await asyncio.to_thread(worker)
+            if loaded is None:
+                app.state.exit_code = 1
+                app.state.server.should_exit = True
+                return
+            state["worker"] = loaded
+        await state["worker"].registry.start()
+        ready.set()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.exit_code = 0
         state["jobs"] = JobStore(
-            lambda job: run_job(worker.handler, job),
-            capacity=worker.handler.concurrency_modifier,
+            lambda job: run_job(handler(), job),
+            capacity=lambda running: handler().concurrency_modifier(running) if "worker" in state else 1,
             ttl=config.result_ttl,
             runsync_ttl=config.runsync_ttl,
             max_bytes=config.max_result_bytes,
             max_jobs=config.max_jobs,
+            ready=ready,
         )
-        await worker.registry.start()
+        loading = asyncio.create_task(load(app))
+        if "worker" in state:
+            await loading  # loaded already: its engines start before the first request
         yield
+        if "worker" not in state:  # it never loaded: its one line has been said
+            return
         await state["jobs"].drain()  # jobs in flight finish before the engines stop
         ended = state["jobs"].finished
         log.info("stopping: %d jobs completed, %d failed, %d cancelled", ended["COMPLETED"], ended["FAILED"],
                  ended["CANCELLED"])
-        await worker.registry.stop()
+        await state["worker"].registry.stop()
 
     def jobs() -> JobStore:
         return state["jobs"]
@@ -109,13 +135,16 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
     async def health(endpoint_id: str) -> Response:
         """RunPod's health body, plus each model's state; 503 once an engine has failed."""
         counts = jobs().counts()
+        if not ready.is_set():
+            return FastJSON({"jobs": counts, "workers": {"initializing": 1}, "models": "loading"}, status_code=503)
         busy = counts["inProgress"]
-        healthy = worker.registry.healthy
+        registry = state["worker"].registry
+        healthy = registry.healthy
         body = {
             "jobs": counts,
             "workers": {"idle": int(busy == 0 and healthy), "running": int(busy > 0 and healthy),
                         "unhealthy": int(not healthy)},
-            "models": worker.registry.health(),
+            "models": registry.health(),
         }
         return FastJSON(body, status_code=200 if healthy else 503)
 
@@ -162,7 +191,7 @@ def create_app(worker: Worker, config: LocalEndpointConfig) -> FastAPI:
         job_input: dict[str, Any] = {"openai_route": route}
         if body is not None:
             job_input["openai_input"] = body
-        return await jobs().run_exclusive(worker.handler.answer(job_input, request_id))
+        return await jobs().run_exclusive(handler().answer(job_input, request_id))
 
     app.include_router(runpod_api)
     app.include_router(api_router("/v2/{endpoint_id}/openai", openai_job, [Depends(authorized)]))

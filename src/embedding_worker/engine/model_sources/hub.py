@@ -32,14 +32,23 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRIED_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+# A hub that cannot be reached at all (its name does not resolve, its port refuses) is not a
+# flaky one: it is given up after this long, not after MODEL_DOWNLOAD_TIMEOUT.
+UNREACHABLE_FOR = 30.0
+UNREACHABLE = ("name or service not known", "temporary failure in name resolution", "nodename nor servname",
+               "no address associated", "connection refused", "network is unreachable", "no route to host")
+WHERE_FROM = ("set HF_HUB_OFFLINE=1 to load from the caches only, HF_HOME to the cache that holds the model, "
+              "or HF_ENDPOINT to a hub this machine can reach")
 
 
 class Transient(Exception):
-    """A failure that may pass: retried while the budget lasts."""
+    """A failure that may pass: retried while the budget lasts. `unreachable`: the hub could
+    not be reached at all (no name, no connection)."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, unreachable: bool = False) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+        self.unreachable = unreachable
 
 
 @dataclass
@@ -52,6 +61,7 @@ class RetryBudget:
     cap: float = 30.0
     attempts: int = 0
     last_progress: float = field(default_factory=time.monotonic)
+    unreachable_since: float | None = None  # since when every attempt found no hub at all
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()
@@ -60,18 +70,27 @@ class RetryBudget:
     def wait_after(self, failure: Transient) -> None:
         """Sleep before the next attempt; raise `ModelLoadError` when the budget is spent."""
         self.attempts += 1
-        left = self.seconds - (time.monotonic() - self.last_progress)
+        now = time.monotonic()
+        left = self.seconds - (now - self.last_progress)
         delay = random.uniform(0, min(self.cap, self.base * 2 ** (self.attempts - 1)))
         if failure.retry_after is not None:
             delay = failure.retry_after
+        if failure.unreachable:
+            self.unreachable_since = self.unreachable_since or now
+            if now + delay - self.unreachable_since > UNREACHABLE_FOR:
+                raise ModelLoadError(
+                    f"could not load model {self.what}: the hub could not be reached for {UNREACHABLE_FOR:.0f} s "
+                    f"({failure}); this machine may have no way to the hub: {WHERE_FROM}")
+        else:
+            self.unreachable_since = None
         if delay > left:
             raise ModelLoadError(
                 f"could not load model {self.what}: the hub kept failing for {self.seconds:.0f} s "
                 f"(MODEL_DOWNLOAD_TIMEOUT), last with {failure}"
                 + (f" and asked to wait {failure.retry_after:.0f} s more" if failure.retry_after else "")
-                + "; try again later, or raise MODEL_DOWNLOAD_TIMEOUT"
+                + f"; try again later, raise MODEL_DOWNLOAD_TIMEOUT, or {WHERE_FROM}"
             )
-        log.warning("%s: %s; retrying in %.1f s (attempt %d)", self.what, failure, delay, self.attempts + 1)
+        log.warning("%s: %s; retrying in %.1f s (retry %d)", self.what, failure, delay, self.attempts)
         time.sleep(delay)
 
     def run(self, attempt: Callable[[], T]) -> T:
@@ -174,7 +193,9 @@ class Hub:
                     self._raise_for(reply, file)
                 yield reply
         except httpx.TransportError as exc:  # refused, reset, cut short, timed out
-            raise Transient(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            unreachable = isinstance(exc, httpx.ConnectError) and any(m in str(exc).lower() for m in UNREACHABLE)
+            raise Transient(reason, unreachable=unreachable) from exc
 
     def _raise_for(self, reply: httpx.Response, file: str | None) -> None:
         status, code = reply.status_code, reply.headers.get("X-Error-Code", "")

@@ -106,6 +106,10 @@ def resolve_model(
     if access.offline:
         raise _offline_error(source, revision, damaged)
     target = locations.download_cache
+    if not damaged:
+        log.info("model %r: not in the image (%s), RunPod's model cache (%s) or the Hugging Face cache (HF_HOME: %s); "
+                 "downloading it from %s into %s", source, locations.baked_cache, locations.runpod_cache,
+                 locations.hf_cache, access.endpoint, target)
     try:
         path = download(source, revision, target, access, onnx, donors=tuple(d[1] for d in damaged))
     except ModelLoadError as err:
