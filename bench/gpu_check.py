@@ -410,6 +410,24 @@ def start_up_checks(device: str, model: Path) -> dict:
             "hidden_gpu_one_line": hidden.returncode == 1 and last.startswith("error:") and "Traceback" not in hidden.stderr}
 
 
+def keep_from_loading(names: tuple[str, ...]) -> None:
+    """Hide installed packages from this process, before transformers and sentence-transformers
+    look for them: their imports find nothing (`find_spec` is None), and neither do their
+    metadata look-ups (sentence-transformers decides by the distribution's metadata)."""
+    import importlib.metadata as metadata
+
+    for name in names:
+        sys.modules.setdefault(name, None)
+    original = metadata.Distribution.from_name.__func__
+
+    def from_name(cls, name: str):
+        if name.lower().replace("_", "-") in names:
+            raise metadata.PackageNotFoundError(name)
+        return original(cls, name)
+
+    metadata.Distribution.from_name = classmethod(from_name)
+
+
 def preflight() -> dict:
     """Each package the worker imports: its version, where it was loaded from and how long
     that took; an import that fails is recorded, not raised. Infinity first, as the worker
@@ -429,6 +447,10 @@ def preflight() -> dict:
     for name in PREFLIGHT:
         started = time.perf_counter()
         try:
+            if name == "runpod":  # as the worker imports it: without its CLI's SSH crypto
+                from embedding_worker.serving.runpod_patches import import_runpod
+
+                import_runpod()
             module = importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - what fails to import is what the report is for
             found[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -506,8 +528,7 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=300.0,
                         help="seconds after which later phases are skipped (half a 10-minute call)")
     args = parser.parse_args()
-    for name in OPPORTUNISTIC:  # before transformers is imported: then it finds none of them
-        sys.modules.setdefault(name, None)
+    keep_from_loading(OPPORTUNISTIC)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.device == "cpu":

@@ -51,6 +51,9 @@ def main() -> int:
     one_job = runs_one_local_job(sys.argv, os.environ)
     serve = print_outputs(handler) if one_job else handler
     if "--rp_serve_api" in sys.argv:
+        from embedding_worker.serving.logs import keep_uvicorn_in_line
+
+        keep_uvicorn_in_line()
         # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully, which
         # would end the process with 143; a graceful stop exits 0, as the worker loop does.
         signal.signal(signal.SIGTERM, lambda signum, frame: None)

@@ -146,7 +146,8 @@ def test_rp_serve_api_answers_runsync_and_exits_on_sigterm(hub_cache, sentence_t
         cwd=ROOT,
         env={**os.environ, "MODEL_NAMES": EMBEDDER_ID},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.time() + TIMEOUT
@@ -170,6 +171,12 @@ def test_rp_serve_api_answers_runsync_and_exits_on_sigterm(hub_cache, sentence_t
         server.terminate()
         exit_code = server.wait(30)  # a hang here means the engines kept the process alive
     assert exit_code == 0  # a graceful stop, not death by the re-raised signal (143)
+    import re
+
+    lines = server.stderr.read().strip().splitlines()
+    stamped = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+    assert any("uvicorn" in line for line in lines)  # uvicorn's own lines, in the worker's format
+    assert all(stamped.match(line) for line in lines), [line for line in lines if not stamped.match(line)]
 
 
 def test_a_corrupt_model_exits_1_within_seconds_naming_it(tmp_path: Path, embedder_path):

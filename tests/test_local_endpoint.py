@@ -314,15 +314,16 @@ def test_langchain_openai_embeddings(endpoint, sentence_transformer):
 README = (ROOT / "README.md").read_text()
 
 
-@pytest.mark.parametrize("name", ["first call", "openai", "runpod", "langchain"])
+@pytest.mark.parametrize("name", ["first call", "openai", "runpod", "langchain", "litellm", "cohere"])
 def test_readme_snippet_runs_against_the_local_endpoint(endpoint, name):
     import re
 
     code = re.search(rf"<!-- snippet: {name} -->\s*```python\n(.*?)```", README, re.S).group(1)
     code = code.replace("http://127.0.0.1:8000", endpoint.removesuffix("/v2/local"))
+    code = code.replace("BAAI/bge-reranker-base", RERANKER_ID)  # the README's reranker, served by a tiny one
     done = subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, "RUNPOD_API_KEY": API_KEY},
+        env={**os.environ, "RUNPOD_API_KEY": API_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -377,3 +378,24 @@ def test_a_local_endpoint_whose_models_cannot_load_exits_1_in_one_line():
                           text=True, timeout=120, env={**os.environ, "MODEL_NAMES": "a/b", "BACKEND": "tpu"})
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("error: invalid settings: BACKEND: 'tpu'")
+
+
+def test_readme_curl_lines_run_as_written(endpoint):
+    """The README's curl block, in bash, against the local endpoint: every line prints one
+    JSON body, the /runsync and /status ones COMPLETED, the OpenAI one a list of vectors."""
+    import json
+    import re
+    import shutil
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    script = re.search(r"<!-- snippet: curl -->\s*```bash\n(.*?)```", README, re.S).group(1)
+    script = script.replace("http://127.0.0.1:8000", endpoint.removesuffix("/v2/local"))
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script.replace("curl -s", "curl -sS --fail-with-body")
+                           .replace("; curl", "; echo; curl") + "\necho"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RUNPOD_API_KEY": API_KEY})
+    assert done.returncode == 0, done.stderr
+    bodies = [json.loads(line) for line in done.stdout.replace("}{", "}\n{").splitlines() if line.strip()]
+    assert [body.get("status") for body in bodies[:2]] == ["COMPLETED", "COMPLETED"]
+    assert len(bodies[0]["output"]["data"]) == 1 and len(bodies[1]["output"]["data"]) == 2
+    assert bodies[2]["object"] == "list" and len(bodies[2]["data"][0]["embedding"]) == 384

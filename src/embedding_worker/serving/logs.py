@@ -104,6 +104,23 @@ def route_runpod_logs() -> None:
     RunPodLogger.log = to_logging
 
 
+def keep_uvicorn_in_line() -> None:
+    """uvicorn, when runpod starts it (`--rp_serve_api`), installs its own log format; put the
+    worker's back right after it does."""
+    from uvicorn.config import Config
+
+    if getattr(Config.configure_logging, "keeps_ours", False):
+        return
+    original = Config.configure_logging
+
+    def configure(self) -> None:
+        original(self)
+        configure_logging()
+
+    configure.keeps_ours = True
+    Config.configure_logging = configure
+
+
 class PrintedLines:
     """Standard output as the process writes it, where every line is a log record but the
     JSON lines of job outputs: runpod's banner and other libraries' prints become records of
