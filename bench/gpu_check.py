@@ -398,8 +398,13 @@ def start_up_checks(device: str, model: Path) -> dict:
     from embedding_worker.engine.hardware import Device, choose_dtype, detect_hardware
 
     found = detect_hardware(Device.auto, os.environ)
+    # the worker's entry point, in a process that keeps the machine's opportunistic packages
+    # from loading as this one does
+    entry = ("import runpy, sys; sys.path.insert(0, 'bench'); from gpu_check import OPPORTUNISTIC, keep_from_loading; "
+             "keep_from_loading(OPPORTUNISTIC); sys.argv[0] = 'src/handler.py'; "
+             "runpy.run_path('src/handler.py', run_name='__main__')")
     hidden = subprocess.run(
-        [sys.executable, "src/handler.py", "--test_input", json.dumps({"input": {"model": "m", "input": "hi"}})],
+        [sys.executable, "-c", entry, "--test_input", json.dumps({"input": {"model": "m", "input": "hi"}})],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "all", "DEVICE": "cuda",
              "MODEL_NAMES": str(model), "SERVED_MODEL_NAMES": "m"})

@@ -128,6 +128,18 @@ def test_auto_dtype_per_hardware_and_model(tmp_path):
     assert choose_dtype("float16", plain_cpu, bert, "torch", "m") == "float16"
 
 
+@pytest.mark.parametrize("family", ["gemma3_text", "gemma3", "gemma2", "t5", "umt5"])
+def test_auto_never_picks_float16_for_families_that_overflow_in_it_and_says_why(tmp_path, family, caplog):
+    folder = model_folder(tmp_path / family, model_type=family, torch_dtype="float32")
+    with caplog.at_level("INFO", logger="embedding_worker"):
+        assert choose_dtype("auto", gpu(9, 0), folder, "torch", "embeddinggemma") == "bfloat16"
+        assert choose_dtype("auto", gpu(7, 5), folder, "torch", "embeddinggemma") == "float32"  # no bf16: float32
+    assert "model 'embeddinggemma': DTYPES=auto runs it at bfloat16, not float16: " in caplog.text
+    assert "overflow float16" in caplog.text
+    assert choose_dtype("auto", Hardware(device="cpu", cpu_native_bf16=True), folder, "torch", "m") == "bfloat16"
+    assert choose_dtype("float16", gpu(9, 0), folder, "torch", "m") == "float16"  # asked for: obeyed
+
+
 def test_fp8_below_compute_capability_8_9_is_a_start_up_error_naming_the_gpu(tmp_path):
     with pytest.raises(SettingsError, match=r"DTYPES: fp8 for model 'm' needs compute capability 8\.9 "
                                             r"or newer; NVIDIA RTX A5000 has 8\.6"):

@@ -399,3 +399,32 @@ def test_readme_curl_lines_run_as_written(endpoint):
     assert [body.get("status") for body in bodies[:2]] == ["COMPLETED", "COMPLETED"]
     assert len(bodies[0]["output"]["data"]) == 1 and len(bodies[1]["output"]["data"]) == 2
     assert bodies[2]["object"] == "list" and len(bodies[2]["data"][0]["embedding"]) == 384
+
+
+def test_cohere_sdk_embed_float_and_int8_and_litellm_cohere_embeddings(endpoint, sentence_transformer, monkeypatch):
+    """Cohere's `POST /v2/embed` at `.../openai`, as `ClientV2.embed` and LiteLLM's cohere/
+    provider call it: vectors keyed by type, the texts, billed tokens; errors as Cohere's."""
+    import cohere
+
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    client = cohere.ClientV2(api_key=API_KEY, base_url=f"{endpoint}/openai")
+    response = client.embed(model=EMBEDDER_ID, texts=TEXTS, input_type="search_document",
+                            embedding_types=["float", "int8"])
+    floats = np.array(response.embeddings.float_)
+    assert np.abs(floats - expected(sentence_transformer, TEXTS)).max() <= 1e-5
+    int8 = np.array(response.embeddings.int8)
+    assert int8.shape == floats.shape and int8.dtype.kind == "i" and np.abs(int8).max() <= 127
+    assert np.corrcoef(int8.ravel(), floats.ravel())[0, 1] > 0.99
+    assert response.texts == TEXTS and response.meta.billed_units.input_tokens > 0
+    short = client.embed(model=EMBEDDER_ID, texts=TEXTS[:1], input_type="search_query", embedding_types=["float"],
+                         output_dimension=64)
+    assert len(short.embeddings.float_[0]) == 64
+    with pytest.raises(cohere.core.api_error.ApiError) as raised:
+        client.embed(model="not/deployed", texts=["x"], input_type="search_query", embedding_types=["float"])
+    assert raised.value.status_code == 404 and "is not deployed" in raised.value.body["message"]
+    embedded = litellm.embedding(model=f"cohere/{EMBEDDER_ID}", input=TEXTS, api_key=API_KEY,
+                                 api_base=f"{endpoint}/openai/v2/embed")
+    got = np.array([item["embedding"] for item in embedded.data])
+    assert np.abs(got - expected(sentence_transformer, TEXTS)).max() <= 1e-5

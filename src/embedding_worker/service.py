@@ -7,6 +7,7 @@ pydantic schemas and raise `WorkerError`s.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from functools import partial
 
 import numpy as np
@@ -19,6 +20,10 @@ from embedding_worker.api.schemas import (
     AudioInput,
     Classification,
     ClassifyRequest,
+    CohereBilledUnits,
+    CohereEmbedRequest,
+    CohereEmbedResponse,
+    CohereMeta,
     ClassifyResponse,
     DocumentText,
     Embedding,
@@ -70,14 +75,7 @@ class EmbeddingService:
         if model.embedding_types != (DENSE,) and not request.has_media:
             found, tokens = await self._hybrid_outputs(model, request, prefix, types)
         else:
-            if request.has_media:
-                matrix, tokens = await self._mixed_vectors(model, request.input, prefix, request.truncate)
-            else:
-                texts = [prefix + text for text in request.input] if prefix else request.input
-                if not request.truncate:
-                    await self._refuse_long_inputs(model, texts)
-                await self.registry.start()
-                matrix, tokens = await self._vectors(model, texts)
+            matrix, tokens = await self._dense_matrix(model, request.input, prefix, request.truncate)
             found = {DENSE: await self._dense_output(model, matrix, request)}
         if request.embedding_types is None:
             data = [Embedding.model_construct(embedding=vector, index=i) for i, vector in enumerate(found[types[0]])]
@@ -85,6 +83,48 @@ class EmbeddingService:
             data = [Embedding.model_construct(embeddings={t: found[t][i] for t in types}, index=i)
                     for i in range(len(request.input))]
         return EmbeddingResponse(model=model.name, data=data, usage=Usage.of(tokens))
+
+    async def _dense_matrix(self, model: DeployedModel, items: list, prefix: str,
+                            truncate: bool) -> tuple[np.ndarray, int]:
+        """One dense vector a row for texts, images and audio alike, and the text tokens."""
+        if any(not isinstance(item, str) for item in items):
+            return await self._mixed_vectors(model, items, prefix, truncate)
+        texts = [prefix + text for text in items] if prefix else items
+        if not truncate:
+            await self._refuse_long_inputs(model, texts)
+        await self.registry.start()
+        if model.embedding_types != (DENSE,):  # a hybrid model: its dense output alone
+            found, tokens = await self._hybrid_vectors(model, [HybridText(t, types=frozenset({DENSE})) for t in texts])
+            return np.stack([v.dense for v in found]), tokens
+        return await self._vectors(model, texts)
+
+    async def cohere_embed(self, request: CohereEmbedRequest) -> CohereEmbedResponse:
+        """Cohere's embed: one forward pass, then each asked type from the same vectors."""
+        model = self.registry.resolve(request.model)
+        model.require("embed")
+        if DENSE not in model.embedding_types:
+            raise InvalidRequest(f"model: {model.name!r} gives {', '.join(model.embedding_types)} embeddings; "
+                                 "Cohere's embed returns dense vectors")
+        items = request.items
+        if request.output_dimension is not None and model.embedding_dimension is not None:
+            _check_dimensions(request.output_dimension, model.embedding_dimension, model.name, "output_dimension")
+        kind = COHERE_INPUT_TYPES.get(request.input_type or "", None)
+        prompt_name = request.input_type if request.input_type in model.prompts.names else None
+        prefix = model.prompts.prefix(model.name, kind, prompt_name if kind is None else None, None)
+        dimension = request.output_dimension or model.embedding_dimension
+        if dimension is not None:
+            outputs.require_output_budget(len(items) * dimension * len(request.embedding_types),
+                                          self.max_output_values, "vectors")
+        matrix, tokens = await self._dense_matrix(model, items, prefix, request.truncate != "NONE")
+        if request.output_dimension is not None:
+            _check_dimensions(request.output_dimension, matrix.shape[1], model.name, "output_dimension")
+            matrix = outputs.shorten(matrix, request.output_dimension)
+        embeddings = {}
+        for kind in request.embedding_types:
+            scale = await self._int8_scale(model, DENSE, request.output_dimension) if "int8" in kind else None
+            embeddings[kind] = outputs.dense(matrix, kind, scale)
+        return CohereEmbedResponse(id=str(uuid.uuid4()), embeddings=embeddings,
+                                   texts=request.texts, meta=CohereMeta(billed_units=CohereBilledUnits(input_tokens=tokens)))
 
     async def _dense_output(self, model: DeployedModel, matrix: np.ndarray, request: EmbeddingRequest) -> list:
         """One dense vector per row of `matrix`, cut to `dimensions` and in `encoding_format`."""
@@ -354,9 +394,14 @@ def _refuse_long(model: DeployedModel, counts: list[int]) -> None:
             )
 
 
-def _check_dimensions(dimensions: int, model_dimension: int, model_name: str) -> None:
+def _check_dimensions(dimensions: int, model_dimension: int, model_name: str, field: str = "dimensions") -> None:
     if dimensions > model_dimension:
         raise InvalidRequest(
-            f"dimensions: must be between 1 and {model_dimension} for model {model_name!r}, "
+            f"{field}: must be between 1 and {model_dimension} for model {model_name!r}, "
             f"got {dimensions}"
         )
+
+
+# Cohere's input types, as the model's prompts know them (`prompts.prefix`); the others are
+# looked up by their own name among the model's prompts
+COHERE_INPUT_TYPES = {"search_query": "search_query", "search_document": "search_document"}

@@ -19,6 +19,7 @@ from embedding_worker.api.routes import BY_PATH, ApiRoute, Route
 from embedding_worker.errors import InvalidRequest
 from embedding_worker.api.schemas import (
     ClassifyRequest,
+    CohereEmbedRequest,
     EmbeddingRequest,
     ModelsRequest,
     RequestLimits,
@@ -37,6 +38,7 @@ SCHEMAS: dict[Route, type[BaseModel]] = {
     Route.classify: ClassifyRequest,
     Route.tokenize: TokenizeRequest,
     Route.texts: EmbeddingRequest,
+    Route.cohere_embed: CohereEmbedRequest,
 }
 
 

@@ -18,6 +18,7 @@ class Route(str, Enum):
     rerank = "/v1/rerank"
     classify = "/v1/classify"
     tokenize = "/v1/tokenize"
+    cohere_embed = "/v2/embed"
     texts = "standard input"  # embed or classify, by what the named model does
 
 
@@ -27,6 +28,7 @@ class ApiRoute:
     route: Route
     method: str = "POST"
     document_objects: bool = True  # rerank documents as {"text"}; Infinity's own routes: strings
+    errors: str = "openai"  # the error body's shape over HTTP: OpenAI's, or Cohere's {"message"}
 
 
 API_ROUTES = (
@@ -36,6 +38,7 @@ API_ROUTES = (
     ApiRoute("/v1/classify", Route.classify),
     ApiRoute("/v1/tokenize", Route.tokenize),
     ApiRoute("/v2/rerank", Route.rerank),  # Cohere's v2 rerank (its newer SDKs, LiteLLM's cohere/): same body
+    ApiRoute("/v2/embed", Route.cohere_embed, errors="cohere"),  # Cohere's embed (ClientV2.embed, LiteLLM's cohere/)
     # Infinity's own server's un-versioned routes (LiteLLM's infinity/ provider)
     ApiRoute("/rerank", Route.rerank, document_objects=False),
     ApiRoute("/embeddings", Route.embeddings),

@@ -238,6 +238,101 @@ class EmbeddingRequest(_Request):
         return body
 
 
+CohereEmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+CohereInputType = Literal["search_document", "search_query", "classification", "clustering", "image"]
+
+
+class CohereImageUrl(BaseModel):
+    url: str
+
+
+class CohereContent(BaseModel):
+    """One part of a Cohere `inputs` item: a text or an image."""
+
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: CohereImageUrl | None = None
+
+
+class CohereInput(BaseModel):
+    content: list[CohereContent]
+
+
+class CohereEmbedRequest(_Request):
+    """Cohere's `POST /v2/embed` body: `texts`, `images` (URLs or data URIs) or `inputs` (one
+    text or image part each: parts are not fused into one vector here), `input_type` mapped to
+    the model's prompts, one vector per item in each of `embedding_types`."""
+
+    texts: list[str] | None = None
+    images: list[str] | None = None
+    inputs: list[CohereInput] | None = None
+    input_type: CohereInputType | None = None
+    embedding_types: list[CohereEmbeddingType] = Field(default_factory=lambda: ["float"], min_length=1)
+    output_dimension: StrictInt | None = Field(default=None, ge=1)
+    truncate: Literal["NONE", "START", "END"] = "END"
+
+    @model_validator(mode="after")
+    def _one_kind_of_input(self, info: ValidationInfo) -> CohereEmbedRequest:
+        given = [name for name in ("texts", "images", "inputs") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of texts, images and inputs; got {' and '.join(given) or 'none'}")
+        limits = _limits(info)
+        items = getattr(self, given[0])
+        if not items:
+            raise ValueError(f"{given[0]}: must not be an empty list")
+        if len(items) > limits.max_embed_inputs:
+            raise ValueError(f"{given[0]}: has {len(items)} items; the limit is {limits.max_embed_inputs} "
+                             "(MAX_EMBED_INPUTS)")
+        if self.truncate == "START":
+            raise ValueError("truncate: START is not served (texts are cut at the end); send END or NONE")
+        for position, item in enumerate(self.items):
+            if isinstance(item, str):
+                _bounded_text(_non_empty_string(item), limits, f"{given[0]}: item {position} ")
+        media = sum(not isinstance(item, str) for item in self.items)
+        if media > limits.max_media:
+            raise ValueError(f"{given[0]}: has {media} images; the limit is {limits.max_media} (MAX_MEDIA_PER_REQUEST)")
+        return self
+
+    @property
+    def items(self) -> list[str | ImageInput]:
+        if self.texts is not None:
+            return list(self.texts)
+        if self.images is not None:
+            return [ImageInput(image=image) for image in self.images]
+        items: list[str | ImageInput] = []
+        for position, entry in enumerate(self.inputs or []):
+            if len(entry.content) != 1:
+                raise ValueError(f"inputs: item {position} has {len(entry.content)} parts; one text or one image "
+                                 "each is served (parts are not fused into one vector)")
+            part = entry.content[0]
+            if part.type == "text" and part.text:
+                items.append(part.text)
+            elif part.type == "image_url" and part.image_url is not None:
+                items.append(ImageInput(image=part.image_url.url))
+            else:
+                raise ValueError(f"inputs: item {position}: a {part.type} part without its {part.type}")
+        return items
+
+
+class CohereBilledUnits(BaseModel):
+    input_tokens: int
+
+
+class CohereMeta(BaseModel):
+    api_version: dict[str, str] = Field(default_factory=lambda: {"version": "2"})
+    billed_units: CohereBilledUnits
+
+
+class CohereEmbedResponse(BaseModel):
+    """Cohere's embed answer: vectors keyed by type, in input order."""
+
+    id: str
+    embeddings: dict[str, list]
+    texts: list[str] | None = None
+    meta: CohereMeta
+    response_type: Literal["embeddings_by_type"] = "embeddings_by_type"
+
+
 class TokenizeRequest(_TextsRequest):
     """`/v1/tokenize` body; also the standard job `{"task": "tokenize", "model", "input"}`."""
 

@@ -23,8 +23,13 @@ from embedding_worker.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
-# Model families whose activations overflow float16 (T5's feed-forward is the known case).
-FLOAT16_OVERFLOWS = frozenset({"t5", "mt5", "umt5"})
+# Model families whose activations overflow float16, by `model_type`, with why: `DTYPES=auto`
+# runs them at bfloat16 on a GPU (float32 on one without bfloat16), and says so at start-up.
+FLOAT16_OVERFLOWS = {
+    **dict.fromkeys(("t5", "mt5", "umt5"), "T5's feed-forward activations overflow float16"),
+    **dict.fromkeys(("gemma", "gemma2", "gemma3", "gemma3_text"),
+                    "Gemma's activations overflow float16 (EmbeddingGemma's model card: float32 or bfloat16 only)"),
+}
 # CPU flags of native bfloat16 arithmetic (AVX-512 BF16, AMX).
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper
@@ -151,8 +156,13 @@ def choose_dtype(requested: str, hardware: Hardware, model_path: Path, backend: 
     if hardware.device != "cuda" and "vision_config" in model_config(model_path):
         return "float32"  # Infinity loads CLIP-style models at full precision on a CPU
     if hardware.device == "cuda":
-        if model_type(model_path) in FLOAT16_OVERFLOWS or _stored_as_bfloat16(model_path):
-            return "bfloat16" if hardware.compute_capability >= (8, 0) else "float32"
+        reason = FLOAT16_OVERFLOWS.get(model_type(model_path) or "") or (
+            "it was trained and shipped in bfloat16; float16's smaller range may overflow"
+            if _stored_as_bfloat16(model_path) else None)
+        if reason:
+            chosen = "bfloat16" if hardware.compute_capability >= (8, 0) else "float32"
+            log.info("model %r: DTYPES=auto runs it at %s, not float16: %s", model_name, chosen, reason)
+            return chosen
         return "float16"
     if backend == "torch" and hardware.cpu_native_bf16:
         return "bfloat16"

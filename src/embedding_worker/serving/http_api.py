@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from embedding_worker.api.routes import API_ROUTES
+from embedding_worker.api.routes import API_ROUTES, ApiRoute
 from embedding_worker.errors import WorkerError
 from embedding_worker.serving.http_defences import error_body
 from embedding_worker.serving.job_handler import Answer
@@ -35,27 +35,29 @@ def api_router(prefix: str, call: CallRoute, dependencies: Sequence[Any] = ()) -
     """Every route of the table under `prefix`, each answered through `call`."""
     router = APIRouter(prefix=prefix, dependencies=list(dependencies))
     for api in API_ROUTES:
-        router.add_api_route(api.path, _endpoint(call, api.path, api.method == "POST"), methods=[api.method])
+        router.add_api_route(api.path, _endpoint(call, api), methods=[api.method])
     router.add_api_route("/v1/{path:path}", _unknown_path, methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
                          include_in_schema=False)
     return router
 
 
-def _endpoint(call: CallRoute, path: str, has_body: bool):
+def _endpoint(call: CallRoute, api: ApiRoute):
     async def endpoint(request: Request) -> Response:
         # the id the job's log line carries, the client's own where it sent one
         request_id = request.headers.get("x-request-id", "")[:64] or f"req-{uuid.uuid4().hex[:12]}"
-        answer = await call(path, await json_body(request) if has_body else None, request_id)
-        response = answer if isinstance(answer, Response) else to_response(answer)
+        answer = await call(api.path, await json_body(request) if api.method == "POST" else None, request_id)
+        response = answer if isinstance(answer, Response) else to_response(answer, api.errors)
         response.headers["X-Request-Id"] = request_id
         return response
 
-    endpoint.__name__ = "api" + path.replace("/", "_")
+    endpoint.__name__ = "api" + api.path.replace("/", "_")
     return endpoint
 
 
-def to_response(answer: Answer) -> Response:
+def to_response(answer: Answer, errors: str = "openai") -> Response:
     if answer.error is not None:
+        if errors == "cohere":  # Cohere's SDKs read {"message"}
+            return FastJSON({"message": answer.error.message}, status_code=answer.error.status_code)
         return openai_error(answer.error)
     return FastJSON(answer.body)
 

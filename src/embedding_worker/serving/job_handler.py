@@ -117,6 +117,8 @@ class JobHandler:
             response = await self.service.tokenize(request)
         elif route is Route.classify:
             response = await self.service.classify(request)
+        elif route is Route.cohere_embed:
+            response = await self.service.cohere_embed(request)
         else:
             response = self.service.list_models()
         return route, response.model_dump(mode="json", exclude_none=True)

@@ -34,9 +34,10 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from embedding_worker.serving.http_api import FastJSON, api_router, to_response
+from embedding_worker.serving.http_api import FastJSON, api_router
 from embedding_worker.serving.http_defences import RequestGuard, bind, error_body, serve
 from embedding_worker.serving.logs import print_error
+from embedding_worker.serving.job_handler import Answer
 from embedding_worker.serving.metrics import metrics, metrics_response
 from embedding_worker.serving.worker import Worker, start_worker
 from embedding_worker.settings import WorkerSettings
@@ -98,7 +99,7 @@ def create_app(state: LoadBalancerState) -> FastAPI:
         body = {"status": "ready", "models": state.worker.registry.health()} if status == 200 else {"error": reason}
         return FastJSON(body, status_code=status)
 
-    async def call(path: str, body: Any, request_id: str) -> Response:
+    async def call(path: str, body: Any, request_id: str) -> Answer | Response:
         if state.stopping:
             return _refuse(503, "the worker is stopping; retry on another worker", retry_after=1)
         if state.worker is None:
@@ -113,7 +114,7 @@ def create_app(state: LoadBalancerState) -> FastAPI:
         metrics().in_progress.inc()
         try:
             async with asyncio.timeout(DEADLINE):
-                return to_response(await state.worker.handler.answer(job_input, request_id))
+                return await state.worker.handler.answer(job_input, request_id)
         except TimeoutError:
             return _refuse(504, f"the request ran past {DEADLINE:g} s, RunPod's limit for a load-balanced "
                                 "request; send smaller requests")
