@@ -45,6 +45,7 @@ from embedding_worker.api.schemas import (
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hybrid import DENSE, MULTI_VECTOR, SPARSE
 from embedding_worker.engine.hybrid.vectors import HybridText, HybridVectors
+from embedding_worker.engine.llm_reranker.query import RerankQuery
 from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.errors import InvalidRequest, NonFiniteOutput
 
@@ -270,11 +271,14 @@ class EmbeddingService:
         await self.registry.start()
         if model.late_interaction:
             return await self._rerank_by_maxsim(model, request, document_objects)
+        instruction = request.instruction or model.prompts.prompts.get("instruction")
+        if instruction is not None and not model.takes_instructions:
+            raise InvalidRequest(f"instruction: model {model.name!r} is a cross-encoder and takes no instruction; "
+                                 "LLM rerankers (Qwen3-Reranker) do")
+        query = RerankQuery(request.query, instruction)
         ranked, tokens = await self.registry.call(
             model,
-            lambda: model.engine.rerank(
-                query=request.query, docs=request.docs, raw_scores=request.raw_scores
-            ),
+            lambda: model.engine.rerank(query=query, docs=request.docs, raw_scores=request.raw_scores),
             len(request.docs),
         )
         _require_finite(np.fromiter((item.relevance_score for item in ranked), np.float32), model)

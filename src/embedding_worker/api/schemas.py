@@ -359,6 +359,9 @@ class RerankRequest(_Request):
         default=False, validation_alias=AliasChoices("return_docs", "return_documents")
     )
     raw_scores: StrictBool = False  # logits instead of sigmoid scores
+    # LLM rerankers: the task the pair is judged for (default: the deployment's "instruction"
+    # prompt, else the model family's own); other rerankers take none
+    instruction: str | None = Field(default=None, min_length=1, max_length=2000)
 
     @model_validator(mode="before")
     @classmethod

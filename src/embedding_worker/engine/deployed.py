@@ -50,6 +50,11 @@ class DeployedModel:
         return self.spec.name
 
     @property
+    def takes_instructions(self) -> bool:
+        """An LLM reranker: judges a pair for an instruction (`engine/llm_reranker`)."""
+        return any(hasattr(replica, "default_instruction") for replica in getattr(self.engine, "_model_replicas", []))
+
+    @property
     def late_interaction(self) -> bool:
         """A ColBERT: multi-vector only, and it reranks by MaxSim."""
         return self.embedding_types == ("multi_vector",)

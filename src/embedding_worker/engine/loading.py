@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hardware import Hardware, choose_dtype, model_config
 from embedding_worker.engine.hybrid import DENSE, detect, hybrid_engine
+from embedding_worker.engine.llm_reranker import detect as detect_llm_reranker
+from embedding_worker.engine.llm_reranker import llm_reranker_engine
 from embedding_worker.engine.audio_models import fit_audio_model
 from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, private_tokenizer, self_test
 from embedding_worker.engine.model_sources import ModelLocations, resolve_model
@@ -47,8 +49,12 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
     path = found.path
     dtype = choose_dtype(spec.dtype, hardware, path, spec.backend.value, spec.name)
     layout = detect(path)
+    reranker_family = detect_llm_reranker(path) if layout is None else None
     if layout is not None and spec.backend is not Backend.torch:
         raise ModelLoadError(f"model {spec.source!r} gives {', '.join(layout.types)} embeddings, which only "
+                             f"BACKEND=torch serves; it was asked for {spec.backend.value}")
+    if reranker_family is not None and spec.backend is not Backend.torch:
+        raise ModelLoadError(f"model {spec.source!r} is an LLM reranker ({reranker_family.name}), which only "
                              f"BACKEND=torch serves; it was asked for {spec.backend.value}")
     try:
         if onnx:
@@ -67,7 +73,12 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
             lengths_via_tokenize=True,  # usage counts tokens, not characters
             model_warmup=False,  # a warm-up costs seconds of cold start and buys nothing here
         )
-        engine = AsyncEmbeddingEngine.from_args(args) if layout is None else hybrid_engine(layout, args)
+        if layout is not None:
+            engine = hybrid_engine(layout, args)
+        elif reranker_family is not None:
+            engine = llm_reranker_engine(path, reranker_family, args)
+        else:
+            engine = AsyncEmbeddingEngine.from_args(args)
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any load failure ends start-up with one line
