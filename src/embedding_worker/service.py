@@ -44,7 +44,7 @@ from embedding_worker.api.schemas import (
 )
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hybrid import DENSE, MULTI_VECTOR, SPARSE
-from embedding_worker.engine.hybrid.vectors import HybridText, HybridVectors
+from embedding_worker.engine.hybrid.vectors import HybridText, HybridVectors, maxsim
 from embedding_worker.engine.llm_reranker.query import RerankQuery
 from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.errors import InvalidRequest, NonFiniteOutput
@@ -295,18 +295,13 @@ class EmbeddingService:
 
     async def _rerank_by_maxsim(self, model: DeployedModel, request: RerankRequest,
                                 document_objects: bool) -> RerankResponse:
-        """A ColBERT's rerank, as PyLate's `rank.rerank`: the query's and the documents' token
-        vectors from one engine call; each score the sum over query tokens of the best dot
-        product with any document token. As there, the documents are padded with zero
-        vectors to the longest one, so a shorter document's best is never below 0."""
+        """A ColBERT's rerank: the query's and the documents' token vectors from one engine
+        call, scored by the ColBERT kind's MaxSim (`hybrid.vectors.maxsim`)."""
         query = model.prompts.prefix(model.name, "query", None, None) + request.query
         document_prefix = model.prompts.prefix(model.name, "document", None, None)
         texts = [HybridText(query, query=True), *(document_prefix + doc for doc in request.docs)]
         found, tokens = await self._hybrid_vectors(model, texts)
-        query_vectors, documents = found[0].multi_vector, [v.multi_vector for v in found[1:]]
-        longest = max(len(d) for d in documents)
-        scores = np.array([np.maximum((query_vectors @ d.T).max(axis=1), 0 if len(d) < longest else -np.inf).sum()
-                           for d in documents], dtype=np.float32)
+        scores = maxsim(found[0].multi_vector, [v.multi_vector for v in found[1:]])
         order = np.argsort(-scores, kind="stable")[: request.top_n]
         results = [RerankResult(index=int(i), relevance_score=float(scores[i]),
                                 document=_document(request.docs[i], document_objects) if request.return_docs else None)

@@ -38,3 +38,12 @@ class HybridVectors:
     dense: np.ndarray | None = None  # [dimension]
     sparse: tuple[np.ndarray, np.ndarray] | None = None  # (token ids ascending, weights > 0)
     multi_vector: np.ndarray | None = None  # [tokens, dimension]
+
+
+def maxsim(query: np.ndarray, documents: list[np.ndarray]) -> np.ndarray:
+    """ColBERT's late-interaction scores, as PyLate's `rank.rerank`: for each document the sum
+    over query tokens of the best dot product with any of its tokens. As there, documents are
+    padded with zero vectors to the longest one, so a shorter document's best is never below 0."""
+    longest = max(len(d) for d in documents)
+    return np.array([np.maximum((query @ d.T).max(axis=1), 0 if len(d) < longest else -np.inf).sum()
+                     for d in documents], dtype=np.float32)
