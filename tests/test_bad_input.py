@@ -48,7 +48,7 @@ CASES = {
     "docs and documents": ({"model": R, "query": "q", "docs": ["a"], "documents": ["b"]}, "docs: give either docs or documents, not both"),
     "return_docs and return_documents": ({"model": R, "query": "q", "docs": ["a"], "return_docs": True, "return_documents": True}, "return_docs: give either return_docs or return_documents, not both"),
     "documents item without text": ({"model": R, "query": "q", "documents": [{"title": "a"}]}, "documents: item 0 must be a string, got object"),
-    "unknown openai_route": ({"openai_route": "/v1/chat/completions"}, "openai_route: '/v1/chat/completions' is not supported; supported: /v1/models, /v1/embeddings, /v1/rerank, /v1/classify, /v1/tokenize, /v2/rerank, /rerank, /embeddings"),
+    "unknown openai_route": ({"openai_route": "/v1/chat/completions"}, "openai_route: '/v1/chat/completions' is not supported; supported: /v1/models, /v1/embeddings, /v1/rerank, /v1/classify, /v1/tokenize, /v2/rerank, /v2/embed, /rerank, /embeddings"),
     "openai_route not a string": ({"openai_route": 5}, "openai_route: 5 is not supported"),
     "missing openai_input": ({"openai_route": "/v1/embeddings"}, "openai_input: must be a JSON object for /v1/embeddings, got null"),
     "openai_input not an object": ({"openai_route": "/v1/embeddings", "openai_input": "x"}, "openai_input: must be a JSON object for /v1/embeddings, got string"),

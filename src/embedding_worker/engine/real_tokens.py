@@ -41,6 +41,13 @@ ENCODERS = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel", "M
 REAL_SHARE_BELOW = 0.9
 ALWAYS_FROM = 64
 PLAIN_ATTENTION_FROM = 32  # tokens
+# Long texts: attention by plain matmul holds a tokens x tokens matrix per head (an 8k-token
+# text, 16 heads: 4 GiB in float32), and so does the padded model's when its batch needs a
+# padding mask (torch's kernel for a masked attention on a CPU is the plain one). From
+# LONG_FROM padded positions on, a batch always runs here, each text's attention through
+# scaled-dot-product with no mask at all: its flash kernel holds memory linear in length.
+LONG_FROM = 512
+PLAIN_ATTENTION_UP_TO = 256  # tokens: from here the flash kernel is faster, and its memory linear
 
 
 def compute_on_real_tokens(model: Any) -> int:
@@ -81,7 +88,8 @@ def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
                                           "past_key_values", "output_attentions", "output_hidden_states"))
     )
     worth_it = covered and (float(attention_mask.float().mean()) < REAL_SHARE_BELOW or (
-        attention_mask.shape[1] >= ALWAYS_FROM and self.embeddings.word_embeddings.weight.dtype == torch.bfloat16))
+        attention_mask.shape[1] >= ALWAYS_FROM and self.embeddings.word_embeddings.weight.dtype == torch.bfloat16)
+        or attention_mask.shape[1] >= LONG_FROM)
     if not worth_it:
         return self._padded_forward(input_ids=input_ids, attention_mask=attention_mask,
                                     token_type_ids=token_type_ids, position_ids=position_ids, **rest)
@@ -105,14 +113,18 @@ def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """One text's attention, `[heads, tokens, size]`, with the kernel that is faster here
-    (docs/BENCHMARKS.md, "Attention kernels"): in bfloat16 from PLAIN_ATTENTION_FROM tokens on,
-    a batched matmul and softmax (1.3-1.8x torch's flash kernel); else scaled-dot-product."""
-    if query.dtype == torch.bfloat16 and query.shape[1] >= PLAIN_ATTENTION_FROM:
+    (docs/BENCHMARKS.md, "Attention kernels"): in bfloat16 from PLAIN_ATTENTION_FROM tokens
+    up to PLAIN_ATTENTION_UP_TO, a batched matmul and softmax (1.3-1.8x torch's flash kernel);
+    else scaled-dot-product, whose flash kernel holds memory linear in length."""
+    if query.dtype == torch.bfloat16 and PLAIN_ATTENTION_FROM <= query.shape[1] < PLAIN_ATTENTION_UP_TO:
         scores = torch.bmm(query, key.transpose(1, 2)) * query.shape[-1] ** -0.5
         if bias is not None:
             scores += bias
         return torch.bmm(torch.softmax(scores, dim=-1), value)
-    return functional.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+    # [1, heads, tokens, size]: torch's flash kernel on a CPU takes 4-D input only (3-D falls back
+    # to the plain math kernel: a tokens x tokens matrix, and 6-10x slower at 8k tokens)
+    return functional.scaled_dot_product_attention(query[None], key[None], value[None],
+                                                   attn_mask=None if bias is None else bias[None])[0]
 
 
 def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int], bias: torch.Tensor | None) -> torch.Tensor:
