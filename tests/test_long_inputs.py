@@ -67,3 +67,38 @@ def test_32_long_documents_of_mixed_lengths_in_bounded_memory_equal_to_sentence_
     expected = np.stack([reference.encode([texts[i]], normalize_embeddings=True)[0] for i in picked])
     tolerance = 1e-4 if dtype == "float32" else 2e-2
     assert np.abs(got[picked] - expected).max() <= tolerance
+
+
+def test_a_batch_past_max_batch_tokens_runs_in_halves_with_the_same_vectors(long_model):
+    """MAX_BATCH_TOKENS bounds the padded tokens of each forward pass: 8 documents of up to
+    8,192 tokens (one batch by BATCH_SIZES) run as passes of at most 16,384 padded tokens."""
+    import torch
+
+    texts = [document(6000 - 700 * i) for i in range(8)]
+    seen: list[int] = []
+
+    def record(module, inputs):
+        if inputs and hasattr(inputs[0], "shape") and inputs[0].dim() == 2:
+            seen.append(inputs[0].numel())
+
+    outputs = {}
+    for budget in ("16384", "0"):
+        running = start_worker(MODEL_NAMES=str(long_model), SERVED_MODEL_NAMES="long", BATCH_SIZES="32",
+                               MAX_BATCH_TOKENS=budget)
+        try:
+            replica = running.registry.resolve("long").engine._model_replicas[0]
+            embeddings = next(m for m in replica.modules() if isinstance(m, torch.nn.Embedding))
+            handle = embeddings.register_forward_pre_hook(record)
+            seen.clear()
+            outputs[budget] = running.run({"model": "long", "input": texts}, timeout=600)
+            handle.remove()
+            if budget != "0":
+                assert seen and max(seen) <= 16384, seen
+                assert running.registry.healthy and running.registry.resolve("long").health.oom_retries == 0
+            else:
+                assert max(seen) > 16384  # one pass of the whole batch
+        finally:
+            running.close()
+    bounded = np.array([item["embedding"] for item in outputs["16384"]["data"]])
+    whole = np.array([item["embedding"] for item in outputs["0"]["data"]])
+    assert np.abs(bounded - whole).max() <= 1e-5

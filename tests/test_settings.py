@@ -12,7 +12,10 @@ VARIABLES = ["MODEL_NAMES", "SERVED_MODEL_NAMES", "BATCH_SIZES", "DTYPES", "BACK
              "MAX_EMBED_INPUTS", "MAX_RERANK_DOCS", "MAX_INPUT_CHARS", "MODEL_REVISIONS",
              "BAKED_HF_CACHE", "RUNPOD_VOLUME_DIR", "ONNX_QUANTIZED", "TRUST_REMOTE_CODE", "DEVICE",
              "MODEL_PROMPTS", "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS",
-             "IMAGE_FETCH_TIMEOUT", "ALLOW_PRIVATE_URLS", "PACK_CPU_WEIGHTS", "MAX_AUDIO_SECONDS"]
+             "IMAGE_FETCH_TIMEOUT", "ALLOW_PRIVATE_URLS", "PACK_CPU_WEIGHTS", "MAX_AUDIO_SECONDS",
+             "MAX_MEDIA_PER_REQUEST", "MAX_MEDIA_BYTES", "MEDIA_FETCH_TIMEOUT", "MAX_REQUEST_MEDIA_BYTES",
+             "MAX_REQUEST_PIXELS", "MAX_AUDIO_SAMPLES", "MAX_REQUEST_AUDIO_SAMPLES", "MAX_AUDIO_SAMPLE_RATE",
+             "MAX_OUTPUT_VALUES", "MAX_BATCH_TOKENS", "ENDPOINT_TYPE", "PORT", "PORT_HEALTH", "HEALTH_CHECK_PATH"]
 
 
 @pytest.fixture
@@ -134,6 +137,12 @@ CASES = {
     "limit not positive": ({"MAX_EMBED_INPUTS": "0"}, "MAX_EMBED_INPUTS: 0 is not positive"),
     "log format unknown": ({"LOG_FORMAT": "xml"}, "LOG_FORMAT: Input should be 'text' or 'json'"),
     "audio seconds not positive": ({"MAX_AUDIO_SECONDS": "0"}, "MAX_AUDIO_SECONDS: 0.0 is not positive"),
+    "batch tokens negative": ({"MAX_BATCH_TOKENS": "-1"}, "MAX_BATCH_TOKENS: -1 is negative"),
+    "output values not positive": ({"MAX_OUTPUT_VALUES": "0"}, "MAX_OUTPUT_VALUES: 0 is not positive"),
+    "sample rate not a number": ({"MAX_AUDIO_SAMPLE_RATE": "fast"}, "MAX_AUDIO_SAMPLE_RATE: 'fast'"),
+    "port past 65535": ({"PORT": "65536"}, "PORT: 65536 is not a port (1 to 65535)"),
+    "unknown endpoint type": ({"ENDPOINT_TYPE": "serverless"}, "ENDPOINT_TYPE: Input should be 'queue' or 'load_balancer'"),
+    "old media name still read": ({"MAX_IMAGE_BYTES": "0"}, "is not positive"),
     "limit not a number": ({"MAX_INPUT_CHARS": "many"}, "MAX_INPUT_CHARS: 'many': Input should be a valid integer"),
     "PACK_CPU_WEIGHTS not a boolean": ({"PACK_CPU_WEIGHTS": "maybe"},
                                        "PACK_CPU_WEIGHTS: Input should be a valid boolean"),

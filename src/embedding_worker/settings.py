@@ -92,6 +92,7 @@ class WorkerSettings(BaseSettings):
     max_request_audio_samples: int = 100_000_000  # all a request's clips together
     max_audio_sample_rate: int = 192_000  # Hz
     max_output_values: int = 2**23  # numbers in one response: 2,048 vectors of 4,096 dimensions
+    max_batch_tokens: int = 32768  # padded tokens per forward pass; 0: only BATCH_SIZES bounds a batch
     log_format: Literal["text", "json"] = "text"  # one line per event: plain, or a JSON object
     # RunPod's two endpoint types: jobs from its queue, or HTTP straight from its load balancer
     endpoint_type: Literal["queue", "load_balancer"] = "queue"
@@ -182,6 +183,13 @@ class WorkerSettings(BaseSettings):
     def _a_path(cls, value: str) -> str:
         if not value.startswith("/") or any(c.isspace() for c in value):
             raise ValueError(f"{value!r} is not a URL path (it starts with /, without spaces)")
+        return value
+
+    @field_validator("max_batch_tokens")
+    @classmethod
+    def _not_negative_count(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"{value!r} is negative; give padded tokens per forward pass, or 0 for no bound")
         return value
 
     @field_validator("memory_trim_interval")

@@ -6,7 +6,9 @@ threads. `EngineHealth.attach` wraps those stages so that the serving loop learn
 - a stage that raises: Infinity's thread has died and the engine will never answer again,
   so the model fails at once;
 - a forward pass that runs out of memory: retried in halves of the batch, so that one
-  oversized batch fails nothing and the engine keeps serving. The halves are made from the
+  oversized batch fails nothing and the engine keeps serving; a batch of more padded tokens
+  than MAX_BATCH_TOKENS is run in halves from the start, so that long inputs never meet
+  BATCH_SIZES in one forward pass. The halves are made from the
   batch's items, not its features: each half goes through the model's own pre-processing
   again, so every kind of model splits alike (dicts, `BatchEncoding`s, CLIP's and CLAP's
   tuples, ColBERT's per-item lists, audio features), and the post-processing joins the
@@ -49,6 +51,7 @@ class EngineHealth:
         self.completed_items = 0  # items the pipeline finished
         self.throughput: float | None = None  # items/s while busy; None until measured
         self.oom_retries = 0  # forward passes that ran out of memory and were split
+        self.max_batch_tokens: int | None = None  # MAX_BATCH_TOKENS: padded tokens per forward pass
         self._orphan_mark = 0  # items that had entered the pipeline when a request last gave up
         self._failed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -95,17 +98,20 @@ class EngineHealth:
     def _splitting_on_oom(self, run: Callable, pre: Callable, batches: _BatchItems) -> Callable:
         def forward(features, *args, **kwargs):
             items = batches.take(features)
-            try:
-                return run(features, *args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - only an out-of-memory is retried, below
-                if not _is_out_of_memory(exc) or items is None or len(items) < 2:
-                    raise
-            # Here the exception and its traceback, which held the failed attempt's tensors,
-            # are gone; cycles through them are collected and the GPU's cache handed back.
-            features = None
-            _release_memory()
-            self.oom_retries += 1
-            log.warning("model %r: a batch of %d ran out of memory; retrying it in halves", self.name, len(items))
+            splittable = items is not None and len(items) >= 2
+            if not (splittable and self.max_batch_tokens and _padded_tokens(features) > self.max_batch_tokens):
+                try:
+                    return run(features, *args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - only an out-of-memory is retried, below
+                    if not _is_out_of_memory(exc) or not splittable:
+                        raise
+                # Here the exception and its traceback, which held the failed attempt's tensors,
+                # are gone; cycles through them are collected and the GPU's cache handed back.
+                features = None
+                _release_memory()
+                self.oom_retries += 1
+                log.warning("model %r: a batch of %d ran out of memory; retrying it in halves", self.name,
+                            len(items))
             middle = len(items) // 2
             parts = []
             for half in (items[:middle], items[middle:]):
@@ -183,6 +189,18 @@ def _is_out_of_memory(exc: Exception) -> bool:
     except ImportError:
         pass
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def _padded_tokens(features: Any) -> int:
+    """The padded token positions a forward pass of `features` computes (0 when it has no
+    token ids: pictures, audio)."""
+    if hasattr(features, "keys") and "input_ids" in features.keys():
+        ids = features["input_ids"]
+        return int(ids.numel()) if hasattr(ids, "numel") else sum(len(row) for row in ids)
+    children = features.values() if hasattr(features, "values") else features if isinstance(features, (list, tuple)) \
+        else ()
+    return max((_padded_tokens(child) for child in children if isinstance(child, (dict, list, tuple))
+                or hasattr(child, "keys")), default=0)
 
 
 class _BatchItems:

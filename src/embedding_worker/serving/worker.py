@@ -6,6 +6,7 @@ call `build_worker`, so they serve with the very same handler.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from embedding_worker.serving.logs import configure_logging, print_error
 from embedding_worker.serving.metrics import metrics
 from embedding_worker.serving.preflight import check_process_inputs
 from embedding_worker.settings import WorkerSettings, load_settings
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,11 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
         options=LoadOptions(settings.onnx_quantized, settings.trust_remote_code, settings.pack_cpu_weights,
                             settings.model_download_timeout),
     )
+    for model in registry.models:
+        model.health.max_batch_tokens = settings.max_batch_tokens or None
+    if settings.max_batch_tokens:
+        log.info("a forward pass takes at most %d padded tokens (MAX_BATCH_TOKENS): a batch past it runs in halves",
+                 settings.max_batch_tokens)
     registry.observe_batches(metrics().for_model)
     metrics().health_sources.append(registry.health)
     service = EmbeddingService(registry, settings.media_limits, settings.max_output_values)
