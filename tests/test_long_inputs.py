@@ -102,3 +102,34 @@ def test_a_batch_past_max_batch_tokens_runs_in_halves_with_the_same_vectors(long
     bounded = np.array([item["embedding"] for item in outputs["16384"]["data"]])
     whole = np.array([item["embedding"] for item in outputs["0"]["data"]])
     assert np.abs(bounded - whole).max() <= 1e-5
+
+
+@pytest.mark.parametrize("how", ["request", "setting"])
+def test_a_document_past_the_models_limit_embedded_whole_in_windows(tiny_embedder_path, how):
+    """`chunked: true` (or LONG_INPUTS_CHUNKED=true): the text cut into windows of the 126
+    tokens the model takes besides [CLS] and [SEP], each embedded by sentence-transformers, the
+    vectors averaged by their token counts and normalised; short texts as they are; usage
+    counts every window's tokens."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    long_text, short = document(400), "a short text"
+    ids = reference.tokenizer(long_text)["input_ids"][1:-1]
+    windows = [ids[i:i + 126] for i in range(0, len(ids), 126)]
+    vectors = reference.encode([reference.tokenizer.decode(w) for w in windows], normalize_embeddings=True)
+    expected = np.average(vectors, axis=0, weights=[len(w) for w in windows])
+    expected /= np.linalg.norm(expected)
+    variables = {"LONG_INPUTS_CHUNKED": "true"} if how == "setting" else {}
+    running = start_worker(MODEL_NAMES=str(tiny_embedder_path), SERVED_MODEL_NAMES="tiny", **variables)
+    try:
+        body = {"model": "tiny", "input": [long_text, short], **({"chunked": True} if how == "request" else {})}
+        output = running.run(body)
+        cut = running.run({"model": "tiny", "input": [long_text], "chunked": False})
+    finally:
+        running.close()
+    got = np.array([item["embedding"] for item in output["data"]])
+    assert len(windows) == 4 and np.abs(got[0] - expected).max() <= 1e-5
+    assert np.abs(got[1] - reference.encode([short], normalize_embeddings=True)[0]).max() <= 1e-5
+    truncated = np.array(cut["data"][0]["embedding"])
+    assert np.abs(truncated - reference.encode([long_text], normalize_embeddings=True)[0]).max() <= 1e-5
+    assert output["usage"]["prompt_tokens"] >= len(ids)  # every window's tokens

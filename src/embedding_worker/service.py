@@ -52,10 +52,11 @@ from embedding_worker.errors import InvalidRequest, NonFiniteOutput
 
 class EmbeddingService:
     def __init__(self, registry: EngineRegistry, media_limits: MediaLimits | None = None,
-                 max_output_values: int = 2**23) -> None:
+                 max_output_values: int = 2**23, chunked_by_default: bool = False) -> None:
         self.registry = registry
         self.media_limits = media_limits or MediaLimits()
         self.max_output_values = max_output_values
+        self.chunked_by_default = chunked_by_default  # LONG_INPUTS_CHUNKED
 
     def is_classifier(self, model_name: str) -> bool:
         """Whether a standard `{"model", "input"}` job to this model means classification."""
@@ -76,7 +77,11 @@ class EmbeddingService:
         if model.embedding_types != (DENSE,) and not request.has_media:
             found, tokens = await self._hybrid_outputs(model, request, prefix, types)
         else:
-            matrix, tokens = await self._dense_matrix(model, request.input, prefix, request.truncate)
+            chunked = self.chunked_by_default if request.chunked is None else request.chunked
+            if chunked and not request.has_media and model.max_input_tokens is not None:
+                matrix, tokens = await self._whole_documents(model, request.input, prefix)
+            else:
+                matrix, tokens = await self._dense_matrix(model, request.input, prefix, request.truncate)
             found = {DENSE: await self._dense_output(model, matrix, request)}
         if request.embedding_types is None:
             data = [Embedding.model_construct(embedding=vector, index=i) for i, vector in enumerate(found[types[0]])]
@@ -98,6 +103,39 @@ class EmbeddingService:
             found, tokens = await self._hybrid_vectors(model, [HybridText(t, types=frozenset({DENSE})) for t in texts])
             return np.stack([v.dense for v in found]), tokens
         return await self._vectors(model, texts)
+
+    async def _whole_documents(self, model: DeployedModel, texts: list[str], prefix: str) -> tuple[np.ndarray, int]:
+        """Texts past the model's limit embedded whole: cut into windows of as many tokens as
+        the model takes (no overlap: each token counts once), each window embedded, and the
+        windows' vectors averaged by their token counts, then normalised where the model
+        normalises (as vLLM's chunked processing combines them); usage counts every token."""
+        ids = await asyncio.to_thread(model.token_ids, [prefix + text for text in texts])
+        room = model.max_input_tokens - model.special_tokens
+        windows: list[str] = []
+        owners: list[int] = []
+        weights: list[int] = []
+        for owner, (text, text_ids) in enumerate(zip(texts, ids)):
+            body = text_ids[model.leading_special:len(text_ids) - (model.special_tokens - model.leading_special)]
+            if len(text_ids) <= model.max_input_tokens:
+                pieces, counts = [prefix + text], [len(body)]
+            else:
+                chunks = [body[start:start + room] for start in range(0, len(body), room)]
+                pieces = [model.tokenizer.decode(chunk) for chunk in chunks]
+                counts = [len(chunk) for chunk in chunks]
+            windows += pieces
+            owners += [owner] * len(pieces)
+            weights += counts
+        await self.registry.start()
+        vectors, tokens = await self._vectors(model, windows)
+        combined = np.zeros((len(texts), vectors.shape[1]), dtype=np.float64)
+        totals = np.zeros(len(texts))
+        for owner, weight, vector in zip(owners, weights, vectors):
+            combined[owner] += max(weight, 1) * vector
+            totals[owner] += max(weight, 1)
+        combined /= totals[:, None]
+        if np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3):  # a normalising model
+            combined /= np.linalg.norm(combined, axis=1, keepdims=True)
+        return combined.astype(np.float32), tokens
 
     async def cohere_embed(self, request: CohereEmbedRequest) -> CohereEmbedResponse:
         """Cohere's embed: one forward pass, then each asked type from the same vectors."""

@@ -93,6 +93,7 @@ class WorkerSettings(BaseSettings):
     max_audio_sample_rate: int = 192_000  # Hz
     max_output_values: int = 2**23  # numbers in one response: 2,048 vectors of 4,096 dimensions
     max_batch_tokens: int = 32768  # padded tokens per forward pass; 0: only BATCH_SIZES bounds a batch
+    long_inputs_chunked: bool = False  # embed texts past a model's limit whole, in windows (per request: chunked)
     log_format: Literal["text", "json"] = "text"  # one line per event: plain, or a JSON object
     # RunPod's two endpoint types: jobs from its queue, or HTTP straight from its load balancer
     endpoint_type: Literal["queue", "load_balancer"] = "queue"

@@ -195,6 +195,8 @@ class EmbeddingRequest(_Request):
     prompt_name: str | None = None  # one of the model's prompts, by name
     prompt: str | None = None  # a raw prefix
     truncate: StrictBool = True  # false: fail instead of cutting inputs past max_input_tokens
+    # true: a text past max_input_tokens is embedded whole, in windows (None: LONG_INPUTS_CHUNKED)
+    chunked: StrictBool | None = None
     user: str | None = None  # accepted and ignored, as OpenAI clients send it
     # which outputs, keyed in `data[i].embeddings`; none: the model's own in `data[i].embedding`
     embedding_types: list[EmbeddingType] | None = None

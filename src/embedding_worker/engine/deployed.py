@@ -46,6 +46,17 @@ class DeployedModel:
             return self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
 
     @property
+    def special_tokens(self) -> int:
+        """Tokens the tokenizer adds to every text ([CLS] and [SEP], say)."""
+        return len(self.token_ids([""])[0])
+
+    @property
+    def leading_special(self) -> int:
+        """Of those, how many come before the text."""
+        ids, marker = self.token_ids([""])[0], self.token_ids(["a"])[0]
+        return next((i for i, (x, y) in enumerate(zip(ids, marker)) if x != y), len(ids))
+
+    @property
     def name(self) -> str:
         return self.spec.name
 

@@ -61,7 +61,8 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
                  settings.max_batch_tokens)
     registry.observe_batches(metrics().for_model)
     metrics().health_sources.append(registry.health)
-    service = EmbeddingService(registry, settings.media_limits, settings.max_output_values)
+    service = EmbeddingService(registry, settings.media_limits, settings.max_output_values,
+                               chunked_by_default=settings.long_inputs_chunked)
     handler = JobHandler(service, settings.runpod_max_concurrency, settings.limits)
     trimmer = MemoryTrimmer(every=settings.memory_trim_interval)
     return Worker(settings, registry, handler, trimmer.start() if settings.memory_trim_interval else trimmer)
