@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hardware import Hardware, choose_dtype, model_config
 from embedding_worker.engine.hybrid import DENSE, detect, hybrid_engine
+from embedding_worker.engine.int8_gate import gate_int8
 from embedding_worker.engine.llm_reranker import detect as detect_llm_reranker
 from embedding_worker.engine.llm_reranker import llm_reranker_engine
 from embedding_worker.engine.audio_models import fit_audio_model
@@ -48,6 +49,10 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
                           access=HubAccess.from_environment(options.download_timeout))
     path = found.path
     dtype = choose_dtype(spec.dtype, hardware, path, spec.backend.value, spec.name)
+    # int8 on a CPU: loaded at float32, then quantised only through the quality gate (int8_gate)
+    gated_int8 = dtype == "int8" and hardware.device == "cpu" and spec.backend is Backend.torch
+    if gated_int8:
+        dtype = "float32"
     layout = detect(path)
     reranker_family = detect_llm_reranker(path) if layout is None else None
     if layout is not None and spec.backend is not Backend.torch:
@@ -87,6 +92,10 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
     if onnx:
         dtype = "int8" if options.onnx_quantized else "float32"
     replicas = getattr(engine, "_model_replicas", [])
+    if gated_int8:
+        fallback = "bfloat16" if hardware.cpu_native_bf16 else "float32"
+        outcomes = {gate_int8(spec.name, replica, set(engine.capabilities), fallback) for replica in replicas}
+        dtype = outcomes.pop() if len(outcomes) == 1 else fallback
     for replica in replicas:
         if dropped := fit_tokenizer_inputs(replica):
             log.info("model %r: its forward pass takes no %s; the tokenizer no longer emits them",
@@ -94,7 +103,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         if positions := fit_text_length(replica):
             log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
         fit_audio_model(replica, hardware.device, dtype)
-        if options.pack_cpu_weights and spec.backend is Backend.torch and hardware.device == "cpu":
+        if options.pack_cpu_weights and spec.backend is Backend.torch and hardware.device == "cpu" and dtype != "int8":
             from embedding_worker.engine.cpu_kernels import pack_linear_layers
             from embedding_worker.engine.real_tokens import compute_on_real_tokens
 
