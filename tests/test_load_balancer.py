@@ -53,6 +53,20 @@ def endpoint(hub_cache):
     assert "Traceback" not in worker.read_log()
 
 
+def in_progress(api: str, job: dict, count: int) -> tuple[list[threading.Thread], list[httpx.Response]]:
+    """`count` embeddings requests sent at once, returned once the worker has them all in progress."""
+    replies: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda: replies.append(httpx.post(f"{api}/v1/embeddings", json=job, timeout=300)))
+               for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while f"embedding_worker_requests_in_progress {count}.0" not in httpx.get(f"{api}/metrics").text:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return threads, replies
+
+
 def expected(sentence_transformer, texts):
     return sentence_transformer.encode(texts, normalize_embeddings=True)
 
@@ -166,15 +180,7 @@ def test_one_request_past_the_concurrency_bound_gets_429_at_once(hub_cache, tiny
         with StandInLoadBalancer(port) as balancer:
             balancer.wait_ready(120)
             busy = {"model": "tiny", "input": [f"text number {i} " * 20 for i in range(2048)]}
-            replies: list[int] = []
-            threads = [threading.Thread(target=lambda: replies.append(
-                httpx.post(f"{api}/v1/embeddings", json=busy, timeout=300).status_code)) for _ in range(2)]
-            for thread in threads:
-                thread.start()
-            deadline = time.monotonic() + 30
-            while "embedding_worker_requests_in_progress 2.0" not in httpx.get(f"{api}/metrics").text:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            threads, replies = in_progress(api, busy, 2)
             started = time.perf_counter()
             refused = httpx.post(f"{api}/v1/embeddings", json={"model": "tiny", "input": "one more"})
             took = time.perf_counter() - started
@@ -184,7 +190,7 @@ def test_one_request_past_the_concurrency_bound_gets_429_at_once(hub_cache, tiny
         assert stop(worker) == 0
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "1" and took < 0.1, took
     assert refused.json()["error"]["type"] == "rate_limit_error"
-    assert replies == [200, 200]
+    assert [reply.status_code for reply in replies] == [200, 200]
 
 
 def test_sigterm_in_the_middle_of_8_requests_loses_none(hub_cache, tiny_embedder_path):
@@ -193,15 +199,7 @@ def test_sigterm_in_the_middle_of_8_requests_loses_none(hub_cache, tiny_embedder
     with StandInLoadBalancer(port) as balancer:
         balancer.wait_ready(120)
         job = {"model": "tiny", "input": [f"sentence {i} " * 30 for i in range(256)]}
-        replies: list[httpx.Response] = []
-        threads = [threading.Thread(target=lambda: replies.append(
-            httpx.post(f"{api}/v1/embeddings", json=job, timeout=300))) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 30
-        while "embedding_worker_requests_in_progress 8.0" not in httpx.get(f"{api}/metrics").text:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        threads, replies = in_progress(api, job, 8)
         worker.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         try:

@@ -10,7 +10,7 @@ import os
 from enum import Enum
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedding_worker.engine.cpu_quota import available_cpus, limit_threads
@@ -186,18 +186,13 @@ class WorkerSettings(BaseSettings):
             raise ValueError(f"{value!r} is not a URL path (it starts with /, without spaces)")
         return value
 
-    @field_validator("max_batch_tokens")
+    @field_validator("max_batch_tokens", "memory_trim_interval")
     @classmethod
-    def _not_negative_count(cls, value: int) -> int:
+    def _not_negative(cls, value: float, info: ValidationInfo) -> float:
         if value < 0:
-            raise ValueError(f"{value!r} is negative; give padded tokens per forward pass, or 0 for no bound")
-        return value
-
-    @field_validator("memory_trim_interval")
-    @classmethod
-    def _not_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError(f"{value!r} is negative; give seconds, or 0 to never trim")
+            what = {"max_batch_tokens": "give padded tokens per forward pass, or 0 for no bound",
+                    "memory_trim_interval": "give seconds, or 0 to never trim"}[info.field_name]
+            raise ValueError(f"{value!r} is negative; {what}")
         return value
 
     @model_validator(mode="after")
