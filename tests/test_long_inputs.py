@@ -133,3 +133,19 @@ def test_a_document_past_the_models_limit_embedded_whole_in_windows(tiny_embedde
     truncated = np.array(cut["data"][0]["embedding"])
     assert np.abs(truncated - reference.encode([long_text], normalize_embeddings=True)[0]).max() <= 1e-5
     assert output["usage"]["prompt_tokens"] >= len(ids)  # every window's tokens
+
+
+def test_a_token_budget_that_cannot_hold_one_input_of_the_model_refuses_to_start(long_model):
+    from embedding_worker.errors import SettingsError
+    from embedding_worker.serving.worker import batch_token_budget
+    from embedding_worker.settings import WorkerSettings
+
+    explicit = WorkerSettings(model_names=str(long_model), max_batch_tokens=4096)
+    with pytest.raises(SettingsError) as refused:
+        batch_token_budget(explicit, "long", 8192)
+    assert str(refused.value) == ("MAX_BATCH_TOKENS: 4096 cannot hold one input of model 'long', which takes up to "
+                                  "8192 tokens; set at least 8192, or 0 for no bound")
+    default = WorkerSettings(model_names=str(long_model))
+    assert batch_token_budget(default, "huge", 131072) == 131072  # the default rises to the model's input
+    assert batch_token_budget(default, "long", 8192) == 32768
+    assert batch_token_budget(WorkerSettings(model_names=str(long_model), max_batch_tokens=0), "long", 8192) is None

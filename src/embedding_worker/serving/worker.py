@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from embedding_worker.engine.cpu_memory import MemoryTrimmer
 from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.engine.loading import LoadOptions
-from embedding_worker.errors import WorkerError
+from embedding_worker.errors import SettingsError, WorkerError
 from embedding_worker.engine.hardware import detect_hardware
 from embedding_worker.engine.lean_imports import import_infinity
 from embedding_worker.serving.job_handler import JobHandler
@@ -55,7 +55,7 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
                             settings.model_download_timeout),
     )
     for model in registry.models:
-        model.health.max_batch_tokens = settings.max_batch_tokens or None
+        model.health.max_batch_tokens = batch_token_budget(settings, model.name, model.max_input_tokens)
     if settings.max_batch_tokens:
         log.info("a forward pass takes at most %d padded tokens (MAX_BATCH_TOKENS): a batch past it runs in halves",
                  settings.max_batch_tokens)
@@ -66,6 +66,19 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
     handler = JobHandler(service, settings.runpod_max_concurrency, settings.limits)
     trimmer = MemoryTrimmer(every=settings.memory_trim_interval)
     return Worker(settings, registry, handler, trimmer.start() if settings.memory_trim_interval else trimmer)
+
+
+def batch_token_budget(settings: WorkerSettings, model: str, max_input_tokens: int | None) -> int | None:
+    """The padded tokens a forward pass of `model` may take: MAX_BATCH_TOKENS, raised to one
+    input of the model's longest where the default is smaller; one set smaller than that
+    cannot hold the model's own input, and start-up fails in one line."""
+    budget = settings.max_batch_tokens
+    if not budget or not max_input_tokens or budget >= max_input_tokens:
+        return budget or None
+    if "max_batch_tokens" in settings.model_fields_set:
+        raise SettingsError(f"MAX_BATCH_TOKENS: {budget} cannot hold one input of model {model!r}, which takes up "
+                            f"to {max_input_tokens} tokens; set at least {max_input_tokens}, or 0 for no bound")
+    return max_input_tokens
 
 
 def start_worker(settings: WorkerSettings | None = None) -> Worker | None:
