@@ -120,7 +120,10 @@ _RESERVED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _DecodeMemory] =
 
 
 def _decode_memory() -> _DecodeMemory:
-    return _RESERVED.setdefault(asyncio.get_running_loop(), _DecodeMemory(DECODE_MEMORY))
+    loop = asyncio.get_running_loop()
+    if loop not in _RESERVED:
+        _RESERVED[loop] = _DecodeMemory(DECODE_MEMORY)
+    return _RESERVED[loop]
 
 
 class MediaBatch:
