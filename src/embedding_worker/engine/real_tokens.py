@@ -47,7 +47,7 @@ PLAIN_ATTENTION_FROM = 32  # tokens
 # LONG_FROM padded positions on, a batch always runs here, each text's attention through
 # scaled-dot-product with no mask at all: its flash kernel holds memory linear in length.
 LONG_FROM = 512
-PLAIN_ATTENTION_UP_TO = 256  # tokens: from here the flash kernel is faster, and its memory linear
+PLAIN_ATTENTION_UP_TO = 512  # tokens: from here the flash kernel, whose memory is linear in length
 
 
 def compute_on_real_tokens(model: Any) -> int:
