@@ -110,12 +110,13 @@ class EmbeddingService:
         windows' vectors averaged by their token counts, then normalised where the model
         normalises (as vLLM's chunked processing combines them); usage counts every token."""
         ids = await asyncio.to_thread(model.token_ids, [prefix + text for text in texts])
-        room = model.max_input_tokens - model.special_tokens
+        before, after = model.special_tokens
+        room = model.max_input_tokens - before - after
         windows: list[str] = []
         owners: list[int] = []
         weights: list[int] = []
         for owner, (text, text_ids) in enumerate(zip(texts, ids)):
-            body = text_ids[model.leading_special:len(text_ids) - (model.special_tokens - model.leading_special)]
+            body = text_ids[before:len(text_ids) - after]
             if len(text_ids) <= model.max_input_tokens:
                 pieces, counts = [prefix + text], [len(body)]
             else:
@@ -147,7 +148,7 @@ class EmbeddingService:
         items = request.items
         if request.output_dimension is not None and model.embedding_dimension is not None:
             _check_dimensions(request.output_dimension, model.embedding_dimension, model.name, "output_dimension")
-        kind = COHERE_INPUT_TYPES.get(request.input_type or "", None)
+        kind = request.input_type if request.input_type in COHERE_INPUT_TYPES else None
         prompt_name = request.input_type if request.input_type in model.prompts.names else None
         prefix = model.prompts.prefix(model.name, kind, prompt_name if kind is None else None, None)
         dimension = request.output_dimension or model.embedding_dimension
@@ -439,6 +440,6 @@ def _check_dimensions(dimensions: int, model_dimension: int, model_name: str, fi
         )
 
 
-# Cohere's input types, as the model's prompts know them (`prompts.prefix`); the others are
-# looked up by their own name among the model's prompts
-COHERE_INPUT_TYPES = {"search_query": "search_query", "search_document": "search_document"}
+# Cohere's input types that the model's prompts know as input types (`prompts.prefix`); the
+# others are looked up by their own name among the model's prompts
+COHERE_INPUT_TYPES = ("search_query", "search_document")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from embedding_worker.engine.health import EngineHealth
@@ -45,16 +46,12 @@ class DeployedModel:
         with self._tokenizer_lock:  # a fast tokenizer is not safe for concurrent calls
             return self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
 
-    @property
-    def special_tokens(self) -> int:
-        """Tokens the tokenizer adds to every text ([CLS] and [SEP], say)."""
-        return len(self.token_ids([""])[0])
-
-    @property
-    def leading_special(self) -> int:
-        """Of those, how many come before the text."""
-        ids, marker = self.token_ids([""])[0], self.token_ids(["a"])[0]
-        return next((i for i, (x, y) in enumerate(zip(ids, marker)) if x != y), len(ids))
+    @cached_property
+    def special_tokens(self) -> tuple[int, int]:
+        """Tokens the tokenizer adds before and after every text ([CLS] and [SEP], say)."""
+        empty, marked = self.token_ids(["", "a"])
+        before = next((i for i, (x, y) in enumerate(zip(empty, marked)) if x != y), len(empty))
+        return before, len(empty) - before
 
     @property
     def name(self) -> str:
