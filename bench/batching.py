@@ -20,11 +20,13 @@ def compare(scale: float, rounds: int, dtype: str) -> dict:
     async def run_all() -> None:
         from infinity_emb.inference.queue import CustomFIFOQueue
 
+        from embedding_worker.engine.infinity_internals import batch_handler, replicas
+
         worker = worker_for("torch", DTYPES=dtype)
         await worker.registry.start()
         engine = worker.registry.resolve(MODEL).engine
-        queues = {INFINITY: CustomFIFOQueue(), OURS: engine._batch_handler._queue_prio}
-        replica = engine._model_replicas[0]
+        queues = {INFINITY: CustomFIFOQueue(), OURS: batch_handler(engine)._queue_prio}
+        replica = replicas(engine)[0]
         forward, forwards = replica.encode_core, [0]
 
         def counting(*args, **kwargs):
@@ -41,7 +43,7 @@ def compare(scale: float, rounds: int, dtype: str) -> dict:
                 batches = shaped(max(2, int(requests * scale)), batch)
                 for _ in range(rounds):
                     for name, queue in queues.items():
-                        engine._batch_handler._queue_prio = queue
+                        batch_handler(engine)._queue_prio = queue
                         await asyncio.sleep(0.3)  # Infinity's batching thread picks the queue up
                         forwards[0] = 0
                         row = await drive(call, batches, concurrency)

@@ -179,9 +179,10 @@ async def compare(names: dict[str, Path], device: str, rounds: int, scale: float
             engine = AsyncEmbeddingEngine.from_args(EngineArgs(model_name_or_path=str(path), device=device,
                                                                engine="torch", model_warmup=False))
             await engine.astart()
+            from embedding_worker.engine.infinity_internals import replicas
             from embedding_worker.engine.loading import placement
 
-            infinity_dtype = placement(engine._model_replicas, device, "auto")[1]
+            infinity_dtype = placement(replicas(engine), device, "auto")[1]
             st = SentenceTransformer(str(path), device=device)
             if device == "cuda":
                 st = st.half()
@@ -341,6 +342,7 @@ async def images(folder: Path, device: str, rounds: int, count: int = 64) -> dic
     from transformers import CLIPModel, CLIPProcessor
 
     from embedding_worker.api.schemas import EmbeddingRequest
+    from embedding_worker.engine.infinity_internals import replicas
     from embedding_worker.engine.loading import placement
     from embedding_worker.serving.worker import build_worker
 
@@ -384,7 +386,7 @@ async def images(folder: Path, device: str, rounds: int, count: int = 64) -> dic
         for uri in uris:  # what the worker does that Infinity's engine, given decoded pictures, does not
             decode(base64.b64decode(uri.split(",", 1)[1]), 40_000_000)
         decode_per_s = len(uris) / (time.perf_counter() - started)
-        return {"dtype": card.stats.dtype, "Infinity's dtype": placement(engine._model_replicas, device, "auto")[1],
+        return {"dtype": card.stats.dtype, "Infinity's dtype": placement(replicas(engine), device, "auto")[1],
                 **cosine_gate(vectors, reference),
                 **{f"{peer} images/s": round(statistics.median(r), 1) for peer, r in runs.items()},
                 "the worker's decoding alone, images/s (one thread; Infinity's engine got decoded pictures)":

@@ -1,7 +1,9 @@
-"""LLM rerankers (Qwen3-Reranker): a causal LM saved as the real one is (a `Qwen3ForCausalLM`
-and its tokenizer, no sentence-transformers files) deploys by its folder as a reranker, and
-its scores equal the model card's own scoring code at float32, with the family's default
-instruction, a deployment's (MODEL_PROMPTS "instruction") and a request's."""
+"""LLM rerankers: a causal LM saved as the real one is (a `Qwen3ForCausalLM` or, for
+mxbai-rerank-v2, a `Qwen2ForCausalLM`, and its tokenizer, no sentence-transformers files)
+deploys by its folder as a reranker, and its scores equal its family's own scoring code at
+float32, with the family's default instruction, a deployment's (MODEL_PROMPTS
+"instruction") and a request's. MODEL_KINDS names a family for a causal LM whose files do
+not say it."""
 
 from __future__ import annotations
 
@@ -62,8 +64,58 @@ def card_scores(folder, query: str, docs: list[str], instruction: str | None = N
 
 
 @pytest.fixture(scope="module")
-def served(qwen3_reranker):
-    running = start_worker(MODEL_NAMES=f"{qwen3_reranker};{qwen3_reranker}", SERVED_MODEL_NAMES="qwen3;instructed",
+def mxbai_reranker(tmp_path_factory):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer, ids = tiny_families.bpe_tokenizer(specials, "$A", "<|endoftext|>", padding_side="left",
+                                                 eos_token="<|endoftext|>")
+    folder = tmp_path_factory.mktemp("mxbai-rerank-v2") / "model"
+    torch.manual_seed(11)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
+                         architectures=["Qwen2ForCausalLM"])
+    Qwen2ForCausalLM(config).eval().save_pretrained(folder)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def mxbai_scores(folder, query: str, docs: list[str], instruction: str | None = None) -> np.ndarray:
+    """mxbai-rerank-v2's own scoring, step by step: the query (after the instruction, when
+    there is one) and the document tokenized apart, joined by the separator, then the task
+    prompt, inside the chat template; left padding; sigmoid(logit("1") - logit("0")) at the
+    last position."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    task = ("You are a search relevance expert who evaluates how well documents match search queries. For each "
+            "query-document pair, carefully analyze the semantic relationship between them, then provide your "
+            "binary relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:")
+    prefix = ids("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+                 "<|im_end|>\n<|im_start|>user\n")
+    suffix = ids("<|im_end|>\n<|im_start|>assistant\n")
+    query_text = (f"instruction: {instruction}\n" if instruction else "") + f"query: {query}"
+    items = [{"input_ids": prefix + ids(query_text) + ids("\n") + ids(f"document: {doc}") + ids("\n") + ids(task)
+              + suffix} for doc in docs]
+    inputs = tokenizer.pad(items, padding="longest", return_tensors="pt")
+    yes, no = ids("1")[0], ids("0")[0]
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, -1, :]
+    return torch.sigmoid(logits[:, yes] - logits[:, no]).numpy()
+
+
+@pytest.fixture(scope="module")
+def served(qwen3_reranker, mxbai_reranker):
+    running = start_worker(MODEL_NAMES=f"{qwen3_reranker};{qwen3_reranker};{mxbai_reranker};{qwen3_reranker}",
+                           SERVED_MODEL_NAMES="qwen3;instructed;mxbai;qwen3-as-mxbai",
+                           MODEL_KINDS="auto;auto;auto;mxbai-rerank-v2",
                            MODEL_PROMPTS=json.dumps({"instructed": {"instruction": DEPLOYED_INSTRUCTION}}))
     yield running
     running.close()
@@ -101,3 +153,52 @@ def test_raw_scores_are_the_log_odds_and_the_model_reranks_only(served, qwen3_re
     assert cards["qwen3"]["capabilities"] == ["rerank"]
     embed = served.run({"model": "qwen3", "input": "x"})
     assert list(embed) == ["error"] and "cannot embed; it supports: rerank" in embed["error"]
+
+
+@pytest.mark.parametrize("instruction", [None, "Find recipes"])
+def test_mxbai_rerank_v2_equals_its_own_scoring(served, mxbai_reranker, instruction):
+    expected = mxbai_scores(mxbai_reranker, QUERY, DOCS, instruction)
+    body = {"model": "mxbai", "query": QUERY, "docs": DOCS, **({"instruction": instruction} if instruction else {})}
+    assert np.abs(scores_of(served.run(body)) - expected).max() <= 1e-4
+    cohere_body = {("documents" if key == "docs" else key): value for key, value in body.items()}
+    ranked = served.run({"openai_route": "/v1/rerank", "openai_input": cohere_body})
+    assert [r["index"] for r in (ranked[0] if isinstance(ranked, list) else ranked)["results"]] == \
+        list(np.argsort(-expected, kind="stable"))
+
+
+def test_model_kinds_names_the_family_the_files_do_not(served, qwen3_reranker):
+    """A Qwen3 causal LM read with mxbai-rerank-v2's template and answer tokens: the
+    tiny Qwen3 tokenizer has "0" and "1" too, so the family's own scoring applies."""
+    expected = mxbai_scores(qwen3_reranker, QUERY, DOCS)
+    assert np.abs(scores_of(served.run({"model": "qwen3-as-mxbai", "query": QUERY, "docs": DOCS})) - expected).max() \
+        <= 1e-4
+    assert np.abs(expected - card_scores(qwen3_reranker, QUERY, DOCS)).max() > 1e-3  # the template decides
+
+
+@pytest.mark.parametrize("kinds, expected", [
+    ("reranker", "MODEL_KINDS: 'reranker' is not one of auto, infinity, sparse, bge-m3, colbert, qwen3-reranker"),
+    ("auto;auto", "MODEL_KINDS: 2 values for 1 models"),
+])
+def test_bad_model_kinds_are_refused_in_one_line(kinds, expected):
+    from embedding_worker.errors import SettingsError
+    from embedding_worker.settings import load_settings
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MODEL_NAMES", "org/model")
+        env.setenv("MODEL_KINDS", kinds)
+        with pytest.raises(SettingsError) as refused:
+            load_settings()
+    assert expected in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_kind_that_does_not_fit_the_files_fails_at_load(qwen3_reranker, tmp_path):
+    from embedding_worker.engine.kinds import find_kind
+    from embedding_worker.errors import ModelLoadError
+
+    assert find_kind(qwen3_reranker).description == "is an LLM reranker (Qwen3-Reranker)"
+    assert find_kind(qwen3_reranker, "infinity") is None
+    with pytest.raises(ModelLoadError, match="is not a colbert model"):
+        find_kind(qwen3_reranker, "colbert")
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
+    with pytest.raises(ModelLoadError, match="is not a mxbai-rerank-v2 model"):
+        find_kind(tmp_path, "mxbai-rerank-v2")

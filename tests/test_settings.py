@@ -43,7 +43,7 @@ def test_defaults(env):
     settings = settings_from(env, MODEL_NAMES="a/b")
     assert [m.model_dump() for m in settings.models] == [
         {"source": "a/b", "name": "a/b", "revision": None, "batch_size": 32, "dtype": "auto",
-         "backend": "torch", "prompts": None}
+         "backend": "torch", "prompts": None, "kind": "auto"}
     ]
     assert settings.infinity_queue_size == 48000
     assert settings.runpod_max_concurrency == 300

@@ -43,9 +43,8 @@ from embedding_worker.api.schemas import (
     Usage,
 )
 from embedding_worker.engine.deployed import DeployedModel
-from embedding_worker.engine.hybrid import DENSE, MULTI_VECTOR, SPARSE
-from embedding_worker.engine.hybrid.vectors import HybridText, HybridVectors, maxsim
-from embedding_worker.engine.llm_reranker.query import RerankQuery
+from embedding_worker.engine.hybrid.vectors import HybridText, HybridVectors
+from embedding_worker.engine.model_kind import DENSE, MULTI_VECTOR, SPARSE, RerankQuery
 from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.errors import InvalidRequest, NonFiniteOutput
 
@@ -197,7 +196,7 @@ class EmbeddingService:
         if DENSE in types:
             found[DENSE] = await self._dense_output(model, np.stack([v.dense for v in vectors]), request)
         if SPARSE in types:
-            top_k = request.max_active_dims or model.sparse_top_k
+            top_k = request.max_active_dims or model.traits.sparse_top_k
             kept = [min(len(v.sparse[1]), top_k or len(v.sparse[1])) for v in vectors]
             outputs.require_output_budget(2 * sum(kept), self.max_output_values, "sparse weights")
             found[SPARSE] = [outputs.sparse(*v.sparse, top_k) for v in vectors]
@@ -308,10 +307,10 @@ class EmbeddingService:
         model = self.registry.resolve(request.model)
         model.require("rerank")
         await self.registry.start()
-        if model.late_interaction:
-            return await self._rerank_by_maxsim(model, request, document_objects)
+        if model.traits.scores_token_vectors is not None:
+            return await self._rerank_by_token_vectors(model, request, document_objects)
         instruction = request.instruction or model.prompts.prompts.get("instruction")
-        if instruction is not None and not model.takes_instructions:
+        if instruction is not None and not model.traits.takes_instructions:
             raise InvalidRequest(f"instruction: model {model.name!r} is a cross-encoder and takes no instruction; "
                                  "LLM rerankers (Qwen3-Reranker) do")
         query = RerankQuery(request.query, instruction)
@@ -332,15 +331,15 @@ class EmbeddingService:
         ]
         return RerankResponse(model=model.name, results=results, usage=Usage.of(tokens))
 
-    async def _rerank_by_maxsim(self, model: DeployedModel, request: RerankRequest,
-                                document_objects: bool) -> RerankResponse:
-        """A ColBERT's rerank: the query's and the documents' token vectors from one engine
-        call, scored by the ColBERT kind's MaxSim (`hybrid.vectors.maxsim`)."""
+    async def _rerank_by_token_vectors(self, model: DeployedModel, request: RerankRequest,
+                                       document_objects: bool) -> RerankResponse:
+        """A rerank from the model's own token vectors (a ColBERT's): the query's and the
+        documents' from one engine call, scored as the model's kind declares (MaxSim)."""
         query = model.prompts.prefix(model.name, "query", None, None) + request.query
         document_prefix = model.prompts.prefix(model.name, "document", None, None)
         texts = [HybridText(query, query=True), *(document_prefix + doc for doc in request.docs)]
         found, tokens = await self._hybrid_vectors(model, texts)
-        scores = maxsim(found[0].multi_vector, [v.multi_vector for v in found[1:]])
+        scores = model.traits.scores_token_vectors(found[0].multi_vector, [v.multi_vector for v in found[1:]])
         order = np.argsort(-scores, kind="stable")[: request.top_n]
         results = [RerankResult(index=int(i), relevance_score=float(scores[i]),
                                 document=_document(request.docs[i], document_objects) if request.return_docs else None)

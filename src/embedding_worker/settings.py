@@ -52,6 +52,7 @@ class ModelSpec(BaseModel):
     dtype: str  # an Infinity `Dtype` name
     backend: Backend
     prompts: dict[str, str] | None = None  # MODEL_PROMPTS: added to the model's own prompts
+    kind: str = "auto"  # MODEL_KINDS: how to read its files (`engine/kinds.py`)
 
 
 def _split(value: str) -> list[str]:
@@ -67,6 +68,7 @@ class WorkerSettings(BaseSettings):
     served_model_names: str = ""
     model_revisions: str = ""
     model_prompts: str = ""
+    model_kinds: str = "auto"  # per model: auto (from its files), infinity, or a kind's name
     batch_sizes: str = "32"
     dtypes: str = "auto"
     backend: Backend = Backend.torch
@@ -141,6 +143,16 @@ class WorkerSettings(BaseSettings):
                 raise ValueError(f"{item!r} is not one of {', '.join(DTYPE_SPELLINGS)}")
         return value
 
+    @field_validator("model_kinds")
+    @classmethod
+    def _known_kinds(cls, value: str) -> str:
+        from embedding_worker.engine.kinds import kind_names
+
+        for item in _split(value):
+            if item.lower() not in kind_names():
+                raise ValueError(f"{item!r} is not one of {', '.join(kind_names())}")
+        return value
+
     @field_validator(
         "infinity_queue_size",
         "runpod_max_concurrency",
@@ -203,6 +215,7 @@ class WorkerSettings(BaseSettings):
             for var, raw, values in (
                 ("BATCH_SIZES", self.batch_sizes, _split(self.batch_sizes)),
                 ("DTYPES", self.dtypes, _split(self.dtypes)),
+                ("MODEL_KINDS", self.model_kinds, _split(self.model_kinds) or ["auto"]),
             )
             if len(values) not in (1, count)
         ]
@@ -240,6 +253,7 @@ class WorkerSettings(BaseSettings):
         dtypes = _per_model(_split(self.dtypes), len(sources))
         revisions = _split(self.model_revisions) or [None] * len(sources)
         prompts = parse_model_prompts(self.model_prompts, sources, self.served_names)
+        kinds = _per_model(_split(self.model_kinds.lower()) or ["auto"], len(sources))
         return [
             ModelSpec(
                 source=source,
@@ -249,9 +263,10 @@ class WorkerSettings(BaseSettings):
                 dtype=DTYPE_SPELLINGS[dtype.lower()],
                 backend=self.backend,
                 prompts=model_prompts,
+                kind=kind,
             )
-            for source, name, revision, size, dtype, model_prompts in zip(
-                sources, self.served_names, revisions, sizes, dtypes, prompts
+            for source, name, revision, size, dtype, model_prompts, kind in zip(
+                sources, self.served_names, revisions, sizes, dtypes, prompts, kinds
             )
         ]
 

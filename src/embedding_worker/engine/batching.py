@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
+from embedding_worker.engine.infinity_internals import batch_handler, replicas
+
 
 class FullBatchQueue:
     """Infinity's queue of items waiting for a batch (what its batch handler uses of it:
@@ -101,9 +103,9 @@ class BatchObserver(Protocol):
 def use_full_batches(engine: Any, observe: BatchObserver | None = None) -> None:
     """Put a `FullBatchQueue` in place of a started engine's queue, before its first request,
     and have its forward pass report each batch it begins (and, to `observe`, its time)."""
-    handler = engine._batch_handler
-    queue = FullBatchQueue(len(engine._model_replicas), observe)
-    for replica in engine._model_replicas:
+    handler = batch_handler(engine)
+    queue = FullBatchQueue(len(replicas(engine)), observe)
+    for replica in replicas(engine):
         replica.encode_core = _reporting_start(replica.encode_core, queue.forward_started, observe)
     handler._queue_prio = queue
 

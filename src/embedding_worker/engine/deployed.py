@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from embedding_worker.engine.health import EngineHealth
+from embedding_worker.engine.model_kind import PLAIN, Traits
 from embedding_worker.errors import UnsupportedTask
 from embedding_worker.prompts import ModelPrompts
 from embedding_worker.settings import ModelSpec
@@ -29,8 +30,7 @@ class DeployedModel:
     architecture: str = "unknown"
     tokenizer: Any = None  # a copy of the model's tokenizer, for counting and `tokenize`
     int8_scales: dict[tuple[str, int], float] = field(default_factory=dict)  # per type and dimensions
-    embedding_types: tuple[str, ...] = ("dense",)  # what `embedding_types` may ask; the first is the default
-    sparse_top_k: int | None = None  # the model's own cap on non-zero sparse weights (max_active_dims)
+    traits: Traits = PLAIN  # what its kind declares it gives (`engine/kinds.py`)
     image_side: int | None = None  # pixels: the side of an image-text model's input picture
     sampling_rate: int | None = None  # Hz: what an audio-text model takes
     health: EngineHealth = field(init=False)
@@ -58,18 +58,12 @@ class DeployedModel:
         return self.spec.name
 
     @property
-    def takes_instructions(self) -> bool:
-        """An LLM reranker: judges a pair for an instruction (`engine/llm_reranker`)."""
-        return any(hasattr(replica, "default_instruction") for replica in getattr(self.engine, "_model_replicas", []))
-
-    @property
-    def late_interaction(self) -> bool:
-        """A ColBERT: multi-vector only, and it reranks by MaxSim."""
-        return self.embedding_types == ("multi_vector",)
+    def embedding_types(self) -> tuple[str, ...]:
+        return self.traits.embedding_types
 
     @property
     def capabilities(self) -> frozenset[str]:
-        return frozenset(self.engine.capabilities) | ({"rerank"} if self.late_interaction else set())
+        return frozenset(self.engine.capabilities) | self.traits.extra_capabilities
 
     def require(self, capability: str) -> None:
         if capability not in self.capabilities:

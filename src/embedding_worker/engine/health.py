@@ -31,6 +31,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from embedding_worker.engine.infinity_internals import replicas
+
 log = logging.getLogger(__name__)
 
 PIPELINE_STAGES = ("encode_pre", "encode_core", "encode_post")  # each runs in its own thread
@@ -61,7 +63,7 @@ class EngineHealth:
         """Wrap the engine's pipeline stages (call once, in the loop that serves jobs)."""
         self._loop = loop
         self._failed = asyncio.Event()
-        for replica in getattr(engine, "_model_replicas", []):
+        for replica in replicas(engine):
             pre, core, post = (getattr(replica, stage) for stage in PIPELINE_STAGES)
             batches = _BatchItems()
             replica.encode_pre = self._guarded(self._counting(batches.remembering(pre)), "encode_pre")

@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING
 
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hardware import Hardware, choose_dtype, model_config
-from embedding_worker.engine.hybrid import DENSE, detect, hybrid_engine
+from embedding_worker.engine.infinity_internals import replicas as replicas_of
 from embedding_worker.engine.int8_gate import gate_int8
-from embedding_worker.engine.llm_reranker import detect as detect_llm_reranker
-from embedding_worker.engine.llm_reranker import llm_reranker_engine
+from embedding_worker.engine.kinds import PLAIN, find_kind
 from embedding_worker.engine.audio_models import fit_audio_model
 from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, private_tokenizer, self_test
 from embedding_worker.engine.model_sources import ModelLocations, resolve_model
@@ -53,13 +52,9 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
     gated_int8 = dtype == "int8" and hardware.device == "cpu" and spec.backend is Backend.torch
     if gated_int8:
         dtype = "float32"
-    layout = detect(path)
-    reranker_family = detect_llm_reranker(path) if layout is None else None
-    if layout is not None and spec.backend is not Backend.torch:
-        raise ModelLoadError(f"model {spec.source!r} gives {', '.join(layout.types)} embeddings, which only "
-                             f"BACKEND=torch serves; it was asked for {spec.backend.value}")
-    if reranker_family is not None and spec.backend is not Backend.torch:
-        raise ModelLoadError(f"model {spec.source!r} is an LLM reranker ({reranker_family.name}), which only "
+    kind = find_kind(path, spec.kind)
+    if kind is not None and kind.torch_only and spec.backend is not Backend.torch:
+        raise ModelLoadError(f"model {spec.source!r} {kind.description}, which only "
                              f"BACKEND=torch serves; it was asked for {spec.backend.value}")
     try:
         if onnx:
@@ -78,12 +73,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
             lengths_via_tokenize=True,  # usage counts tokens, not characters
             model_warmup=False,  # a warm-up costs seconds of cold start and buys nothing here
         )
-        if layout is not None:
-            engine = hybrid_engine(layout, args)
-        elif reranker_family is not None:
-            engine = llm_reranker_engine(path, reranker_family, args)
-        else:
-            engine = AsyncEmbeddingEngine.from_args(args)
+        engine = kind.build(args) if kind is not None else AsyncEmbeddingEngine.from_args(args)
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - any load failure ends start-up with one line
@@ -91,7 +81,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         raise ModelLoadError(f"could not load model {spec.source!r}: {reason}") from exc
     if onnx:
         dtype = "int8" if options.onnx_quantized else "float32"
-    replicas = getattr(engine, "_model_replicas", [])
+    replicas = replicas_of(engine)
     if gated_int8:
         fallback = "bfloat16" if hardware.cpu_native_bf16 else "float32"
         outcomes = {gate_int8(spec.name, replica, set(engine.capabilities), fallback) for replica in replicas}
@@ -140,8 +130,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         prompts=read_model_prompts(found.path, spec.prompts),
         architecture=architecture,
         tokenizer=private_tokenizer(replicas[0]) if replicas else None,
-        embedding_types=layout.types if layout is not None else (DENSE,),
-        sparse_top_k=getattr(layout, "max_active_dims", None),
+        traits=kind.traits if kind is not None else PLAIN,
         **_media_inputs(replicas[0] if replicas else None),
     )
 
@@ -152,8 +141,7 @@ def _describe(engine: AsyncEmbeddingEngine) -> tuple[int | None, int | None]:
     Infinity keeps the loaded model on a private attribute, so read it defensively; an
     embedder's dimension is otherwise learnt from its first vectors.
     """
-    replicas = getattr(engine, "_model_replicas", None) or [None]
-    model = replicas[0]
+    model = (replicas_of(engine) or [None])[0]
     dimension = getattr(model, "dimension", None)  # sparse and multi-vector encoders
     if dimension is None and "embed" in engine.capabilities:
         get_dimension = getattr(model, "get_sentence_embedding_dimension", None)

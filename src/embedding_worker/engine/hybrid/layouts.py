@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from embedding_worker.engine.model_kind import DENSE, EMBEDDING_TYPES, MULTI_VECTOR, SPARSE
 from embedding_worker.errors import ModelLoadError
 
-DENSE, SPARSE, MULTI_VECTOR = "dense", "sparse", "multi_vector"
-EMBEDDING_TYPES = (DENSE, SPARSE, MULTI_VECTOR)
+__all__ = ["DENSE", "EMBEDDING_TYPES", "MULTI_VECTOR", "SPARSE", "Layout", "detect"]
 
 
 @dataclass(frozen=True)
