@@ -1,0 +1,198 @@
+"""Long documents, this worker beside Infinity's own server: 32 documents of 512, 2,048 and
+8,192 tokens in one request, to a tiny model of BGE-M3's shape (XLM-R, 8,194 positions, 64
+dimensions, 2 layers: the tests' `long_model`, so attention, not weights, decides memory),
+and one row at BGE-M3's real width and depth (XLM-R large: 24 layers, 1,024 dimensions, 16
+heads, random weights) at 2,048 tokens. Both at bfloat16, one process each, the server's
+peak RSS over idle sampled every 5 ms; a server past KILL_AT_GB is stopped there (this
+machine has 24 GiB: the row says how far it got)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from common import ENV, ROOT, free_port
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+KILL_AT_GB = 12.0
+DOCUMENTS = 32
+WORDS = "the cat sat on the mat and the dog ran in the garden while".split()
+
+
+def tiny_m3(folder: Path) -> Path:
+    import tiny_families
+    from conftest import tiny_sentence_transformer
+
+    tokenizer, ids = tiny_families.xlm_roberta_tokenizer()
+    tokenizer.model_max_length = 8192
+    config = tiny_families.xlm_roberta_config(tokenizer, ids)
+    config.max_position_embeddings = 8196
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = 64, 2, 128
+    return tiny_sentence_transformer(folder, config, tokenizer, pooling="cls", max_seq_length=8192)
+
+
+def large_m3(folder: Path) -> Path:
+    import tiny_families
+    from conftest import tiny_sentence_transformer
+
+    tokenizer, ids = tiny_families.xlm_roberta_tokenizer()
+    tokenizer.model_max_length = 8192
+    config = tiny_families.xlm_roberta_config(tokenizer, ids)
+    config.max_position_embeddings = 8196
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = 1024, 16, 4096
+    config.num_hidden_layers = 24
+    return tiny_sentence_transformer(folder, config, tokenizer, pooling="cls", max_seq_length=8192)
+
+
+def documents(model: Path, tokens: int) -> list[str]:
+    """DOCUMENTS texts of `tokens` tokens each (special tokens included)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    words = max(1, tokens)
+    while len(tokenizer(" ".join(WORDS[i % len(WORDS)] for i in range(words)))["input_ids"]) > tokens:
+        words = int(words * 0.97)
+    text = " ".join(WORDS[i % len(WORDS)] for i in range(words))
+    return [text] * DOCUMENTS
+
+
+class Peak:
+    def __init__(self, pid: int, kill_at: float) -> None:
+        self.process, self.kill_at = psutil.Process(pid), kill_at
+        self.idle = self.peak = self.process.memory_info().rss
+        self.killed = False
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while self._running:
+            try:
+                rss = self.process.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, rss)
+            if rss - self.idle > self.kill_at * 2**30:
+                self.killed = True
+                self.process.kill()
+                return
+            time.sleep(0.005)
+
+    def stop(self) -> float:
+        self._running = False
+        self._thread.join()
+        return (self.peak - self.idle) / 2**30
+
+
+def _start_worker(models: dict[str, Path]) -> tuple[subprocess.Popen, callable]:
+    port = free_port()
+    variables = {"MODEL_NAMES": ";".join(map(str, models.values())), "SERVED_MODEL_NAMES": ";".join(models),
+                 "DTYPES": "bfloat16", "BATCH_SIZES": str(DOCUMENTS), "MEMORY_TRIM_INTERVAL": "0.2",
+                 "MAX_OUTPUT_VALUES": "100000000"}
+    server = subprocess.Popen([sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=ROOT,
+                              env={**ENV, **variables}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v2/local"
+    _wait(server, f"{base}/health")
+
+    def embed(model: str, texts: list[str]) -> int:
+        reply = httpx.post(f"{base}/runsync", json={"input": {"model": model, "input": texts}}, timeout=1800).json()
+        if reply.get("status") != "COMPLETED":
+            raise RuntimeError(str(reply.get("error") or reply)[:200])
+        return reply["output"]["usage"]["prompt_tokens"]
+
+    return server, embed
+
+
+def _start_infinity(models: dict[str, Path]) -> tuple[subprocess.Popen, callable]:
+    from peers import ensure_infinity_server
+
+    python = ensure_infinity_server()
+    port = free_port()
+    per_model = [arg for name, path in models.items() for arg in (
+        "--model-id", str(path), "--served-model-name", name, "--dtype", "bfloat16", "--engine", "torch",
+        "--device", "cpu", "--batch-size", str(DOCUMENTS))]
+    server = subprocess.Popen([str(python), "-m", "infinity_emb.cli", "v2", *per_model, "--port", str(port),
+                               "--no-model-warmup", "--log-level", "warning"],
+                              cwd=ROOT, env={**ENV, "INFINITY_ANONYMOUS_USAGE_STATS": "0"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    _wait(server, f"{base}/health")
+
+    def embed(model: str, texts: list[str]) -> int:
+        reply = httpx.post(f"{base}/embeddings", json={"model": model, "input": texts}, timeout=1800)
+        reply.raise_for_status()
+        return reply.json()["usage"]["prompt_tokens"]
+
+    return server, embed
+
+
+def _wait(server: subprocess.Popen, probe: str) -> None:
+    deadline = time.time() + 600
+    while time.time() < deadline and server.poll() is None:
+        try:
+            if httpx.get(probe, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    server.kill()
+    raise RuntimeError(f"{probe} did not come up")
+
+
+def _settle(pid: int) -> None:
+    process, last = psutil.Process(pid), 0
+    for _ in range(40):
+        now = process.memory_info().rss
+        if abs(now - last) < 2**20:
+            return
+        last = now
+        time.sleep(0.25)
+
+
+def long_inputs() -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        models = {"m3-tiny": tiny_m3(scratch / "m3-tiny"), "m3-large": large_m3(scratch / "m3-large")}
+        cases = [("m3-tiny", 512), ("m3-tiny", 2048), ("m3-tiny", 8192), ("m3-large", 2048)]
+        texts = {case: documents(models[case[0]], case[1]) for case in cases}
+        rows = {case: {"model": case[0], "tokens_per_document": case[1], "documents": DOCUMENTS} for case in cases}
+        for label, start in (("worker", _start_worker), ("infinity server", _start_infinity)):
+            server, embed = start(models)
+            try:
+                for case in cases:
+                    if server.poll() is not None:
+                        server, embed = start(models)
+                    embed(case[0], ["warm"])
+                    _settle(server.pid)
+                    peak = Peak(server.pid, KILL_AT_GB)
+                    started = time.perf_counter()
+                    try:
+                        tokens = embed(*case[:1], texts[case])
+                        outcome = "answered"
+                    except Exception as exc:  # noqa: BLE001 - what the peer did is the result
+                        tokens, outcome = 0, f"{type(exc).__name__}: {str(exc)[:120]}"
+                    seconds = time.perf_counter() - started
+                    grown = peak.stop()
+                    if peak.killed:
+                        outcome = f"stopped past {KILL_AT_GB:g} GB over idle"
+                    rows[case][label] = {"peak_gb": round(grown, 2), "seconds": round(seconds, 1),
+                                         "tokens_per_s": round(tokens / seconds) if tokens else None,
+                                         "outcome": outcome}
+                    print(label, case, rows[case][label], flush=True)
+            finally:
+                server.kill()
+                server.wait(60)
+    return {"kill_at_gb": KILL_AT_GB, "rows": list(rows.values())}
+
+
+if __name__ == "__main__":
+    print(long_inputs())
