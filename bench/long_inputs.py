@@ -2,9 +2,10 @@
 8,192 tokens in one request, to a tiny model of BGE-M3's shape (XLM-R, 8,194 positions, 64
 dimensions, 2 layers: the tests' `long_model`, so attention, not weights, decides memory),
 and one row at BGE-M3's real width and depth (XLM-R large: 24 layers, 1,024 dimensions, 16
-heads, random weights) at 2,048 tokens. Both at bfloat16, one process each, the server's
-peak RSS over idle sampled every 5 ms; a server past KILL_AT_GB is stopped there (this
-machine has 24 GiB: the row says how far it got)."""
+heads, random weights) at 2,048 tokens. Both at bfloat16, one process each, up side by side
+and sent each case in turn (interleaved rounds); each server's peak RSS over idle sampled
+every 5 ms; a server past KILL_AT_GB is stopped there (this machine has 24 GiB: the row says
+how far it got)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,9 @@ def large_m3(folder: Path) -> Path:
     return tiny_sentence_transformer(folder, config, tokenizer, pooling="cls", max_seq_length=8192)
 
 
-def documents(model: Path, tokens: int) -> list[str]:
-    """DOCUMENTS texts of `tokens` tokens each (special tokens included)."""
+def documents(model: Path, tokens: int) -> tuple[list[str], int]:
+    """DOCUMENTS texts of up to `tokens` tokens each (special tokens included), and their
+    tokens in all (counted here: Infinity's server counts characters)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -62,7 +64,7 @@ def documents(model: Path, tokens: int) -> list[str]:
     while len(tokenizer(" ".join(WORDS[i % len(WORDS)] for i in range(words)))["input_ids"]) > tokens:
         words = int(words * 0.97)
     text = " ".join(WORDS[i % len(WORDS)] for i in range(words))
-    return [text] * DOCUMENTS
+    return [text] * DOCUMENTS, DOCUMENTS * len(tokenizer(text)["input_ids"])
 
 
 class Peak:
@@ -96,18 +98,20 @@ class Peak:
 def _start_worker(models: dict[str, Path]) -> tuple[subprocess.Popen, callable]:
     port = free_port()
     variables = {"MODEL_NAMES": ";".join(map(str, models.values())), "SERVED_MODEL_NAMES": ";".join(models),
-                 "DTYPES": "bfloat16", "BATCH_SIZES": str(DOCUMENTS), "MEMORY_TRIM_INTERVAL": "0.2",
+                 "DTYPES": "bfloat16", "BATCH_SIZES": str(DOCUMENTS), **({"MEMORY_TRIM_INTERVAL": "0.2"} if "MEMORY_TRIM_INTERVAL" not in ENV else {}),
                  "MAX_OUTPUT_VALUES": "100000000"}
     server = subprocess.Popen([sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=ROOT,
                               env={**ENV, **variables}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v2/local"
     _wait(server, f"{base}/health")
 
-    def embed(model: str, texts: list[str]) -> int:
+    def embed(model: str, texts: list[str]) -> None:
         reply = httpx.post(f"{base}/runsync", json={"input": {"model": model, "input": texts}}, timeout=1800).json()
+        while reply.get("status") in ("IN_QUEUE", "IN_PROGRESS"):  # as RunPod's /runsync, past its wait
+            time.sleep(0.5)
+            reply = httpx.get(f"{base}/status/{reply['id']}", timeout=60).json()
         if reply.get("status") != "COMPLETED":
             raise RuntimeError(str(reply.get("error") or reply)[:200])
-        return reply["output"]["usage"]["prompt_tokens"]
 
     return server, embed
 
@@ -127,10 +131,8 @@ def _start_infinity(models: dict[str, Path]) -> tuple[subprocess.Popen, callable
     base = f"http://127.0.0.1:{port}"
     _wait(server, f"{base}/health")
 
-    def embed(model: str, texts: list[str]) -> int:
-        reply = httpx.post(f"{base}/embeddings", json={"model": model, "input": texts}, timeout=1800)
-        reply.raise_for_status()
-        return reply.json()["usage"]["prompt_tokens"]
+    def embed(model: str, texts: list[str]) -> None:
+        httpx.post(f"{base}/embeddings", json={"model": model, "input": texts}, timeout=1800).raise_for_status()
 
     return server, embed
 
@@ -158,40 +160,59 @@ def _settle(pid: int) -> None:
         time.sleep(0.25)
 
 
-def long_inputs() -> dict:
+def long_inputs(rounds: int = 3) -> dict:
+    """Both servers up side by side; each case sent to one, then the other, `rounds` times
+    (the large row once: it takes minutes); the median time, every round's shown."""
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         models = {"m3-tiny": tiny_m3(scratch / "m3-tiny"), "m3-large": large_m3(scratch / "m3-large")}
         cases = [("m3-tiny", 512), ("m3-tiny", 2048), ("m3-tiny", 8192), ("m3-large", 2048)]
         texts = {case: documents(models[case[0]], case[1]) for case in cases}
         rows = {case: {"model": case[0], "tokens_per_document": case[1], "documents": DOCUMENTS} for case in cases}
-        for label, start in (("worker", _start_worker), ("infinity server", _start_infinity)):
-            server, embed = start(models)
-            try:
-                for case in cases:
-                    if server.poll() is not None:
-                        server, embed = start(models)
-                    embed(case[0], ["warm"])
-                    _settle(server.pid)
-                    peak = Peak(server.pid, KILL_AT_GB)
-                    started = time.perf_counter()
-                    try:
-                        tokens = embed(*case[:1], texts[case])
-                        outcome = "answered"
-                    except Exception as exc:  # noqa: BLE001 - what the peer did is the result
-                        tokens, outcome = 0, f"{type(exc).__name__}: {str(exc)[:120]}"
-                    seconds = time.perf_counter() - started
-                    grown = peak.stop()
-                    if peak.killed:
-                        outcome = f"stopped past {KILL_AT_GB:g} GB over idle"
-                    rows[case][label] = {"peak_gb": round(grown, 2), "seconds": round(seconds, 1),
-                                         "tokens_per_s": round(tokens / seconds) if tokens else None,
-                                         "outcome": outcome}
-                    print(label, case, rows[case][label], flush=True)
-            finally:
+        starts = {"worker": _start_worker, "infinity server": _start_infinity}
+        servers = {label: start(models) for label, start in starts.items()}
+        try:
+            for case in cases:
+                batch, tokens = texts[case]
+                runs: dict[str, list[dict]] = {label: [] for label in servers}
+                for _ in range(1 if case[0] == "m3-large" else rounds):
+                    for label in servers:
+                        server, embed = servers[label]
+                        if server.poll() is not None:  # stopped past KILL_AT_GB last time
+                            server, embed = servers[label] = starts[label](models)
+                        runs[label].append(_one(server, embed, case[0], batch, tokens))
+                for label, measured in runs.items():
+                    seconds = sorted(run["seconds"] for run in measured)
+                    median = seconds[len(seconds) // 2]
+                    answered = all(run["outcome"] == "answered" for run in measured)
+                    rows[case][label] = {"peak_gb": max(run["peak_gb"] for run in measured),
+                                         "seconds": median, "seconds_by_round": [run["seconds"] for run in measured],
+                                         "tokens_per_s": round(tokens / median) if answered else None,
+                                         "outcome": next((run["outcome"] for run in measured
+                                                          if run["outcome"] != "answered"), "answered")}
+                print(case, rows[case], flush=True)
+        finally:
+            for server, _ in servers.values():
                 server.kill()
                 server.wait(60)
-    return {"kill_at_gb": KILL_AT_GB, "rows": list(rows.values())}
+    return {"kill_at_gb": KILL_AT_GB, "rounds": rounds, "rows": list(rows.values())}
+
+
+def _one(server: subprocess.Popen, embed, model: str, batch: list[str], tokens: int) -> dict:
+    embed(model, ["warm"])
+    _settle(server.pid)
+    peak = Peak(server.pid, KILL_AT_GB)
+    started = time.perf_counter()
+    try:
+        embed(model, batch)
+        outcome = "answered"
+    except Exception as exc:  # noqa: BLE001 - what the peer did is the result
+        outcome = f"{type(exc).__name__}: {str(exc)[:120]}"
+    seconds = time.perf_counter() - started
+    grown = peak.stop()
+    if peak.killed:
+        outcome = f"stopped past {KILL_AT_GB:g} GB over idle"
+    return {"peak_gb": round(grown, 2), "seconds": round(seconds, 2), "outcome": outcome}
 
 
 if __name__ == "__main__":

@@ -269,15 +269,17 @@ def markdown(results: dict) -> str:
         lg = results["long_inputs"]
         lines += ["", "## Long inputs", "",
                   "32 documents of one length in one request, at bfloat16, to this worker's local endpoint and to "
-                  "Infinity's own server (`infinity_emb v2`, batch size 32), one process each: `m3-tiny` is BGE-M3's "
+                  "Infinity's own server (`infinity_emb v2`, batch size 32), one process each, both up and sent each "
+                  f"case in turn, {lg.get('rounds', 1)} interleaved rounds (the large row once), median time: `m3-tiny` is BGE-M3's "
                   "shape at 64 dimensions and 2 layers (attention, not weights, decides memory), `m3-large` BGE-M3's "
                   "real width and depth (XLM-R large, 24 layers, random weights). Peak RSS over idle, sampled every "
                   f"5 ms; a process past {lg['kill_at_gb']:g} GB over idle is stopped there (the machine has 24 GiB).",
-                  "", "| model | tokens a document | worker: GB over idle | worker: tokens/s | worker: outcome | "
-                  "Infinity: GB over idle | Infinity: tokens/s | Infinity: outcome |", "|---|---|---|---|---|---|---|---|"]
+                  "", "| model | tokens a document | worker: GB over idle | worker: tokens/s (time by round) | "
+                  "worker: outcome | Infinity: GB over idle | Infinity: tokens/s (time by round) | Infinity: outcome |", "|---|---|---|---|---|---|---|---|"]
         for row in lg["rows"]:
-            cells = [f"{row[side]['peak_gb']} | {row[side]['tokens_per_s'] or '-'} | {row[side]['outcome']}"
-                     for side in ("worker", "infinity server")]
+            cells = [f"{row[side]['peak_gb']} | {row[side]['tokens_per_s'] or '-'} "
+                     f"({', '.join(f'{x:g} s' for x in row[side].get('seconds_by_round', [row[side]['seconds']]))}) | "
+                     f"{row[side]['outcome']}" for side in ("worker", "infinity server")]
             lines.append(f"| {row['model']} | {row['tokens_per_document']:,} | {cells[0]} | {cells[1]} |")
     if "flops" in results and "dtypes" in results["flops"]:
         f = results["flops"]

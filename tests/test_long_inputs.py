@@ -149,3 +149,36 @@ def test_a_token_budget_that_cannot_hold_one_input_of_the_model_refuses_to_start
     assert batch_token_budget(default, "huge", 131072) == 131072  # the default rises to the model's input
     assert batch_token_budget(default, "long", 8192) == 32768
     assert batch_token_budget(WorkerSettings(model_names=str(long_model), max_batch_tokens=0), "long", 8192) is None
+
+
+def test_the_default_token_budget_is_sized_from_the_models_shape_and_the_devices_free_memory(long_model):
+    from embedding_worker.engine.loading import activation_bytes_per_token
+    from embedding_worker.serving.worker import batch_token_budget
+    from embedding_worker.settings import WorkerSettings
+
+    large = {"hidden_size": 1024, "intermediate_size": 4096}  # XLM-R large, BGE-M3
+    per_token = activation_bytes_per_token(large, "bfloat16")
+    assert per_token == 2 * (6 * 1024 + 2 * 4096)
+    assert activation_bytes_per_token({"text_config": large}, "float32") == 2 * per_token
+    assert activation_bytes_per_token({"model_type": "unknown"}, "float32") is None
+    default = WorkerSettings(model_names=str(long_model))
+    assert batch_token_budget(default, "m3", 8192, per_token, 80 * 2**30) == 32768  # plenty: the default
+    assert batch_token_budget(default, "m3", 8192, per_token, 2 * 2**30) == 18724  # a quarter of 2 GiB
+    assert batch_token_budget(default, "m3", 8192, per_token, 2**28) == 8192  # never below one input
+    explicit = WorkerSettings(model_names=str(long_model), max_batch_tokens=65536)
+    assert batch_token_budget(explicit, "m3", 8192, per_token, 2**28) == 65536  # as set
+
+
+def test_free_memory_is_the_least_of_the_systems_and_the_containers(tmp_path):
+    from embedding_worker.engine.cpu_memory import available_memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 25000000 kB\nMemAvailable:   20000000 kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    assert available_memory(cgroup, meminfo) == 20000000 * 1024
+    (cgroup / "memory.max").write_text("8589934592\n")
+    (cgroup / "memory.current").write_text("2147483648\n")
+    assert available_memory(cgroup, meminfo) == 6 * 2**30
+    (cgroup / "memory.max").write_text("max\n")
+    assert available_memory(cgroup, meminfo) == 20000000 * 1024

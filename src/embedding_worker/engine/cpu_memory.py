@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +74,26 @@ class MemoryTrimmer:
         while not self._stop.wait(self._every):
             self._trim()
             self.trims += 1
+
+
+def available_memory(cgroup: Path = Path("/sys/fs/cgroup"), meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes this process may still take: the system's available memory (`MemAvailable`),
+    or what is left under the container's cgroup limit (v2 `memory.max`, v1
+    `memory.limit_in_bytes`) where that is less; None where neither can be read."""
+    available = None
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit, usage = (cgroup / limit_file).read_text().strip(), (cgroup / usage_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and usage.isdigit() and int(limit) < 2**60:
+            left = max(0, int(limit) - int(usage))
+            available = left if available is None else min(available, left)
+    return available

@@ -30,6 +30,7 @@ class DeployedModel:
     architecture: str = "unknown"
     tokenizer: Any = None  # a copy of the model's tokenizer, for counting and `tokenize`
     int8_scales: dict[tuple[str, int], float] = field(default_factory=dict)  # per type and dimensions
+    activation_bytes_per_token: int | None = None  # one layer's live activations a token (None: unknown shape)
     traits: Traits = PLAIN  # what its kind declares it gives (`engine/kinds.py`)
     image_side: int | None = None  # pixels: the side of an image-text model's input picture
     sampling_rate: int | None = None  # Hz: what an audio-text model takes

@@ -55,10 +55,16 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
                             settings.model_download_timeout),
     )
     for model in registry.models:
-        model.health.max_batch_tokens = batch_token_budget(settings, model.name, model.max_input_tokens)
-    if settings.max_batch_tokens:
-        log.info("a forward pass takes at most %d padded tokens (MAX_BATCH_TOKENS): a batch past it runs in halves",
-                 settings.max_batch_tokens)
+        free = free_memory(model.device)
+        budget = batch_token_budget(settings, model.name, model.max_input_tokens,
+                                    model.activation_bytes_per_token, free)
+        model.health.max_batch_tokens = budget
+        if budget:
+            cost = "" if not model.activation_bytes_per_token else (
+                f": about {budget * model.activation_bytes_per_token / 2**20:,.0f} MiB of activations for its "
+                f"shape, of {free / 2**30:,.1f} GiB free on {model.device}")
+            log.info("model %r: a forward pass takes at most %d padded tokens (MAX_BATCH_TOKENS)%s; a batch past it "
+                     "runs in parts", model.name, budget, cost)
     registry.observe_batches(metrics().for_model)
     metrics().health_sources.append(registry.health)
     service = EmbeddingService(registry, settings.media_limits, settings.max_output_values,
@@ -68,17 +74,42 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
     return Worker(settings, registry, handler, trimmer.start() if settings.memory_trim_interval else trimmer)
 
 
-def batch_token_budget(settings: WorkerSettings, model: str, max_input_tokens: int | None) -> int | None:
-    """The padded tokens a forward pass of `model` may take: MAX_BATCH_TOKENS, raised to one
-    input of the model's longest where the default is smaller; one set smaller than that
-    cannot hold the model's own input, and start-up fails in one line."""
+def batch_token_budget(settings: WorkerSettings, model: str, max_input_tokens: int | None,
+                       bytes_per_token: int | None = None, free: int | None = None) -> int | None:
+    """The padded tokens a forward pass of `model` may take.
+
+    MAX_BATCH_TOKENS as set; one set smaller than one input of the model's longest cannot
+    hold the model's own input, and start-up fails in one line. The default is sized from
+    the model and the device: MAX_BATCH_TOKENS' default, lowered until the activations of
+    one pass (`bytes_per_token`, from the model's shape) take at most a quarter of the
+    device's `free` memory (BUDGET_SHARE), and raised to one input of the model's longest.
+    """
     budget = settings.max_batch_tokens
-    if not budget or not max_input_tokens or budget >= max_input_tokens:
-        return budget or None
-    if "max_batch_tokens" in settings.model_fields_set:
+    explicit = "max_batch_tokens" in settings.model_fields_set
+    if not budget:
+        return None
+    if max_input_tokens and budget < max_input_tokens and explicit:
         raise SettingsError(f"MAX_BATCH_TOKENS: {budget} cannot hold one input of model {model!r}, which takes up "
                             f"to {max_input_tokens} tokens; set at least {max_input_tokens}, or 0 for no bound")
-    return max_input_tokens
+    if explicit:
+        return budget
+    if bytes_per_token and free:
+        budget = min(budget, max(1, int(BUDGET_SHARE * free / bytes_per_token)))
+    return max(budget, max_input_tokens or 0)
+
+
+BUDGET_SHARE = 0.25  # of the device's free memory after loading, for one forward pass's activations
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes free on `device` now: the GPU's, or the memory this process may still take."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+    from embedding_worker.engine.cpu_memory import available_memory
+
+    return available_memory()
 
 
 def start_worker(settings: WorkerSettings | None = None) -> Worker | None:
