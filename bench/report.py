@@ -281,6 +281,24 @@ def markdown(results: dict) -> str:
                      f"({', '.join(f'{x:g} s' for x in row[side].get('seconds_by_round', [row[side]['seconds']]))}) | "
                      f"{row[side]['outcome']}" for side in ("worker", "infinity server")]
             lines.append(f"| {row['model']} | {row['tokens_per_document']:,} | {cells[0]} | {cells[1]} |")
+    if "int8" in results:
+        q, mp, fw = results["int8"]["quality"], results["int8"]["matrix_products"], results["int8"]["forward"]
+        lines += ["", "## int8 on this CPU", "",
+                  f"all-MiniLM-L6-v2 against float32 on the int8 gate's {q['sentences']} sentences "
+                  f"(`engine/int8_gate.py`: every vector within cosine {q['gate']['min_cosine']}, top-10 neighbours "
+                  f"at least {q['gate']['top10_same']:.0%} the same). W8A8 rows are emulated (weights and inputs of "
+                  "each linear layer rounded to int8 and back) to measure quality alone.", "",
+                  "| scheme | min cosine | mean cosine | top-10 the same | passes the gate |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {row['min_cosine']} | {row['mean_cosine']} | {row['top10_same']:.1%} | "
+                  f"{'yes' if row['passes_gate'] else 'no'} |" for name, row in q["schemes"].items()]
+        shapes = list(next(iter(mp["gflops"].values())))
+        lines += ["", f"One linear layer at the model's shapes ({mp['rows']} rows: a batch of 32 padded sentences), "
+                  f"{mp['threads']} threads, GFLOP/s, median of {mp['rounds']} interleaved rounds"
+                  + (f" (torch.compile took {mp['compile_seconds']} s)" if mp.get("compile_seconds") else "") + ":", "",
+                  f"| scheme | {' | '.join(shapes)} |", "|---|" + "---|" * len(shapes)]
+        lines += [f"| {name} | {' | '.join(str(by_shape[s]) for s in shapes)} |" for name, by_shape in mp["gflops"].items()]
+        lines += ["", "The whole forward pass, a batch of 32 sentences: " + "; ".join(
+            f"{name} {row['ms']} ms ({row['vs_bfloat16']}x bfloat16)" for name, row in fw.items()) + "."]
     if "flops" in results and "dtypes" in results["flops"]:
         f = results["flops"]
         lines += ["", "## Compute: how close to the hardware", "",
