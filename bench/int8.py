@@ -98,45 +98,8 @@ def matrix_products(rounds: int = 5) -> dict:
     results: dict[str, dict[str, list[float]]] = {}
     compile_seconds = None
     for label, (k, n) in shapes.items():
-        x = torch.randn(ROWS, k)
-        weight, bias = torch.randn(n, k) * 0.05, torch.randn(n)
-        xb, bb = x.bfloat16(), bias.bfloat16()
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.bfloat16(), None)
-        w_scale = weight.abs().amax(1) / 127
-        w_int8 = (weight / w_scale[:, None]).round().clamp(-127, 127).to(torch.int8).t().contiguous()
-        a_int8 = torch.randint(-127, 127, (ROWS, k), dtype=torch.int8)
-        dynamic = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(k, n)),
-                                                         {torch.nn.Linear}, dtype=torch.qint8)
-
-        def quantise(x):
-            scale = x.float().abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
-            return (x.float() / scale).round().clamp(-127, 127).to(torch.int8), scale
-
-        def dequantise(product, scale):
-            return (product.float() * scale * w_scale + bias).bfloat16()
-
-        try:
-            started = time.perf_counter()
-            fused_quantise = torch.compile(quantise, dynamic=True)
-            fused_dequantise = torch.compile(dequantise, dynamic=True)
-            fused_dequantise(torch._int_mm(*fused_quantise(xb)[:1], w_int8), fused_quantise(xb)[1])
-            compile_seconds = round(time.perf_counter() - started, 1) if compile_seconds is None else compile_seconds
-        except Exception:  # noqa: BLE001 - no compiler: the row is left out
-            fused_quantise = None
-
-        def w8a8(q=quantise, d=dequantise):
-            a, scale = q(xb)
-            return d(torch._int_mm(a, w_int8), scale)
-
-        variants = {
-            "bfloat16, packed (the worker)": lambda: torch.ops.mkldnn._linear_pointwise(xb, packed, bb, "none", [], ""),
-            "int8 x int8 -> int32 product alone (torch._int_mm)": lambda: torch._int_mm(a_int8, w_int8),
-            "int8: Infinity's dynamic (float32 in and out)": lambda: dynamic(x),
-            "int8 W8A8 per token, eager quantise and dequantise": w8a8,
-        }
-        if fused_quantise is not None:
-            variants["int8 W8A8 per token, quantise and dequantise fused (torch.compile)"] = \
-                lambda: w8a8(fused_quantise, fused_dequantise)
+        variants, seconds = _layer_variants(k, n)
+        compile_seconds = compile_seconds or seconds
         flop = 2 * ROWS * k * n
         for fn in variants.values():
             for _ in range(3):
@@ -150,6 +113,51 @@ def matrix_products(rounds: int = 5) -> dict:
     return {"rows": ROWS, "rounds": rounds, "threads": torch.get_num_threads(), "compile_seconds": compile_seconds,
             "gflops": {name: {label: round(statistics.median(v)) for label, v in by_shape.items()}
                        for name, by_shape in results.items()}}
+
+
+def _layer_variants(k: int, n: int) -> tuple[dict, float | None]:
+    """One linear layer of `k` inputs and `n` outputs in each scheme, as a call each; and
+    what compiling the fused one took (None where torch.compile has no compiler here)."""
+    import torch
+
+    x = torch.randn(ROWS, k)
+    weight, bias = torch.randn(n, k) * 0.05, torch.randn(n)
+    xb, bb = x.bfloat16(), bias.bfloat16()
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.bfloat16(), None)
+    w_scale = weight.abs().amax(1) / 127
+    w_int8 = (weight / w_scale[:, None]).round().clamp(-127, 127).to(torch.int8).t().contiguous()
+    a_int8 = torch.randint(-127, 127, (ROWS, k), dtype=torch.int8)
+    dynamic = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(k, n)),
+                                                     {torch.nn.Linear}, dtype=torch.qint8)
+
+    def quantise(x):
+        scale = x.float().abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
+        return (x.float() / scale).round().clamp(-127, 127).to(torch.int8), scale
+
+    def dequantise(product, scale):
+        return (product.float() * scale * w_scale + bias).bfloat16()
+
+    def w8a8(q=quantise, d=dequantise):
+        a, scale = q(xb)
+        return d(torch._int_mm(a, w_int8), scale)
+
+    variants = {
+        "bfloat16, packed (the worker)": lambda: torch.ops.mkldnn._linear_pointwise(xb, packed, bb, "none", [], ""),
+        "int8 x int8 -> int32 product alone (torch._int_mm)": lambda: torch._int_mm(a_int8, w_int8),
+        "int8: Infinity's dynamic (float32 in and out)": lambda: dynamic(x),
+        "int8 W8A8 per token, eager quantise and dequantise": w8a8,
+    }
+    try:
+        started = time.perf_counter()
+        fused_quantise = torch.compile(quantise, dynamic=True)
+        fused_dequantise = torch.compile(dequantise, dynamic=True)
+        w8a8(fused_quantise, fused_dequantise)
+        seconds = round(time.perf_counter() - started, 1)
+    except Exception:  # noqa: BLE001 - no compiler: the row is left out
+        return variants, None
+    variants["int8 W8A8 per token, quantise and dequantise fused (torch.compile)"] = \
+        lambda: w8a8(fused_quantise, fused_dequantise)
+    return variants, seconds
 
 
 def forward_passes(rounds: int = 5) -> dict:

@@ -9,7 +9,6 @@ how far it got)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile

@@ -182,3 +182,53 @@ def test_free_memory_is_the_least_of_the_systems_and_the_containers(tmp_path):
     assert available_memory(cgroup, meminfo) == 6 * 2**30
     (cgroup / "memory.max").write_text("max\n")
     assert available_memory(cgroup, meminfo) == 20000000 * 1024
+
+
+@pytest.fixture(scope="module")
+def long_qwen3(tmp_path_factory):
+    """A tiny Qwen3 embedder (last-token pooling, left padding) reading 8,192 positions:
+    the LLM-based embedders' attention goes through transformers' attention interface."""
+    tokenizer, ids = tiny_families.qwen3_tokenizer()
+    tokenizer.model_max_length = 8192
+    config = tiny_families.qwen3_config(tokenizer, ids)
+    config.max_position_embeddings = 8192
+    return tiny_sentence_transformer(tmp_path_factory.mktemp("long-qwen3") / "qwen3", config, tokenizer,
+                                     pooling="lasttoken", max_seq_length=8192)
+
+
+def test_llm_embedders_attention_on_mixed_lengths_holds_memory_linear_in_length(long_qwen3):
+    """Texts of different lengths need a padding mask, and a masked attention on a CPU is
+    torch's plain kernel: the 5 texts of ~6,000 tokens a pass takes (MAX_BATCH_TOKENS) would
+    hold 5 x 2 heads x 6,000^2 floats (1.3 GiB) at once, and as much again for the mask made
+    additive; in blocks, the worker holds far less, with the same vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = [document(4800 - 300 * i) for i in range(8)] + ["a short query"]
+    running = start_worker(MODEL_NAMES=str(long_qwen3), SERVED_MODEL_NAMES="qwen3", DTYPES="float32",
+                           BATCH_SIZES="16")
+    process, peak, sampling = psutil.Process(), [0], [True]
+
+    def sample() -> None:
+        while sampling[0]:
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.005)
+
+    try:
+        running.run({"model": "qwen3", "input": "warm"})
+        idle = process.memory_info().rss
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        output = running.run({"model": "qwen3", "input": texts}, timeout=600)
+        sampling[0] = False
+        sampler.join()
+    finally:
+        running.close()
+    grown = (peak[0] - idle) / 2**20
+    print(f"{grown:.0f} MiB over idle, {output['usage']['prompt_tokens']} tokens")
+    assert output["usage"]["prompt_tokens"] > 40000
+    assert grown < 700, f"{grown:.0f} MiB"  # 1,036 MiB with the whole masked attention at once
+    got = np.array([item["embedding"] for item in output["data"]])
+    reference = SentenceTransformer(str(long_qwen3), device="cpu")
+    picked = [0, 7, 8]
+    expected = np.stack([reference.encode([texts[i]], normalize_embeddings=True)[0] for i in picked])
+    assert np.abs(got[picked] - expected).max() <= 1e-4

@@ -82,6 +82,10 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
     if onnx:
         dtype = "int8" if options.onnx_quantized else "float32"
     replicas = replicas_of(engine)
+    if hardware.device == "cpu":
+        from embedding_worker.engine.long_attention import use_blocked_attention
+
+        use_blocked_attention()
     if gated_int8:
         fallback = "bfloat16" if hardware.cpu_native_bf16 else "float32"
         outcomes = {gate_int8(spec.name, replica, set(engine.capabilities), fallback) for replica in replicas}
