@@ -232,3 +232,56 @@ def test_llm_embedders_attention_on_mixed_lengths_holds_memory_linear_in_length(
     picked = [0, 7, 8]
     expected = np.stack([reference.encode([texts[i]], normalize_embeddings=True)[0] for i in picked])
     assert np.abs(got[picked] - expected).max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def long_modernbert(tmp_path_factory):
+    """A tiny ModernBERT (global attention every other layer, a sliding window of 16 in the
+    others) reading 8,192 positions."""
+    tokenizer, ids = tiny_families.modernbert_tokenizer()
+    tokenizer.model_max_length = 8192
+    config = tiny_families.modernbert_config(tokenizer, ids)
+    config.max_position_embeddings, config.num_hidden_layers = 8192, 4
+    return tiny_sentence_transformer(tmp_path_factory.mktemp("long-modernbert") / "modernbert", config, tokenizer,
+                                     max_seq_length=8192)
+
+
+def test_modernbert_on_real_tokens_holds_memory_linear_in_length_with_the_same_vectors(long_modernbert):
+    """The padded ModernBERT on a CPU holds two tokens x tokens masks per text and a tokens x
+    tokens matrix per head: 5 texts of ~6,000 tokens a pass, 2 GiB and more. On real tokens,
+    global attention through the flash kernel, the sliding window a block at a time."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = [document(4800 - 300 * i) for i in range(8)] + ["a short query", document(300)]
+    running = start_worker(MODEL_NAMES=str(long_modernbert), SERVED_MODEL_NAMES="modernbert", DTYPES="float32",
+                           BATCH_SIZES="16")
+    process, peak, sampling = psutil.Process(), [0], [True]
+
+    def sample() -> None:
+        while sampling[0]:
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.005)
+
+    try:
+        running.run({"model": "modernbert", "input": "warm"})
+        idle = process.memory_info().rss
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        output = running.run({"model": "modernbert", "input": texts}, timeout=600)
+        sampling[0] = False
+        sampler.join()
+        short = running.run({"model": "modernbert", "input": ["a short query", document(40), document(90)]})
+    finally:
+        running.close()
+    grown = (peak[0] - idle) / 2**20
+    print(f"{grown:.0f} MiB over idle, {output['usage']['prompt_tokens']} tokens")
+    assert output["usage"]["prompt_tokens"] > 40000
+    assert grown < 700, f"{grown:.0f} MiB"
+    reference = SentenceTransformer(str(long_modernbert), device="cpu")
+    got = np.array([item["embedding"] for item in output["data"]])
+    picked = [0, 7, 8, 9]
+    expected = np.stack([reference.encode([texts[i]], normalize_embeddings=True)[0] for i in picked])
+    assert np.abs(got[picked] - expected).max() <= 1e-4
+    batch = ["a short query", document(40), document(90)]  # padded to 90-odd: on real tokens too
+    got_short = np.array([item["embedding"] for item in short["data"]])
+    assert np.abs(got_short - reference.encode(batch, normalize_embeddings=True)).max() <= 1e-4

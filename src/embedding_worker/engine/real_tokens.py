@@ -2,8 +2,8 @@
 
 A batch is padded to its longest text, and a padded encoder computes every position of
 every row: with texts of mixed lengths most of a batch can be padding. For the encoder
-families users deploy for embeddings and reranking (BERT, RoBERTa, XLM-RoBERTa, MPNet, and
-the cross-encoders and sentence-transformers built on them), `compute_on_real_tokens` swaps
+families users deploy for embeddings and reranking (BERT, RoBERTa, XLM-RoBERTa, MPNet,
+ModernBERT, and the cross-encoders and sentence-transformers built on them), `compute_on_real_tokens` swaps
 the encoder's forward pass for one that:
 - embeds the padded batch (positions and token types stay those of the padded layout);
 - keeps only the real tokens, one `[tokens, hidden]` matrix for the whole batch, through
@@ -32,7 +32,7 @@ from torch.nn import functional
 
 from embedding_worker.engine.cpu_kernels import torch_modules
 
-ENCODERS = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel", "MPNetModel")
+ENCODERS = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel", "MPNetModel", "ModernBertModel")
 # A batch runs on real tokens only below this share of real tokens, and in bfloat16 from
 # ALWAYS_FROM padded positions on, where attention by plain matmul per text beats the padded
 # batch's even with no padding at all. Measured on all-MiniLM-L6-v2 (2 threads): the time
@@ -58,13 +58,17 @@ def compute_on_real_tokens(model: Any) -> int:
             swappable = type(module).__name__ in ENCODERS and "_padded_forward" not in vars(module)
             if swappable and _supported(module):  # once, though a model object holds it twice
                 module._padded_forward = module.forward
-                module.forward = types.MethodType(_forward, module)
+                modern = type(module).__name__ == "ModernBertModel"
+                module.forward = types.MethodType(_modernbert_forward if modern else _forward, module)
                 swapped += 1
     return swapped
 
 
 def _supported(encoder: torch.nn.Module) -> bool:
     config = encoder.config
+    if type(encoder).__name__ == "ModernBertModel":
+        return (getattr(config, "_attn_implementation", "sdpa") != "flash_attention_2"
+                and next(encoder.parameters()).device.type == "cpu")
     layers = getattr(getattr(encoder, "encoder", None), "layer", None)
     return (
         not config.is_decoder
@@ -109,6 +113,73 @@ def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
     if rest.get("return_dict") is False:  # as sentence-transformers calls it
         return (sequence,) if pooled is None else (sequence, pooled)
     return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=sequence, pooler_output=pooled)
+
+
+def _modernbert_forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
+                        attention_mask: torch.Tensor | None = None, **rest: Any) -> Any:
+    """ModernBERT on real tokens: its embeddings, layers and final norm on `[tokens, hidden]`,
+    rotary positions those of the padded layout, each text's global attention through the
+    flash kernel, and its local (sliding-window) attention a block of queries at a time
+    against the keys within the window: memory linear in length where the padded model holds
+    two tokens x tokens masks and a tokens x tokens matrix per head."""
+    covered = (
+        input_ids is not None
+        and attention_mask is not None
+        and attention_mask.dim() == 2
+        and not torch.is_grad_enabled()
+        and not any(rest.get(k) is not None and rest.get(k) is not False for k in (
+            "sliding_window_mask", "position_ids", "inputs_embeds", "indices", "cu_seqlens", "max_seqlen",
+            "batch_size", "seq_len", "output_attentions", "output_hidden_states"))
+    )
+    worth_it = covered and (float(attention_mask.float().mean()) < REAL_SHARE_BELOW
+                            or attention_mask.shape[1] >= LONG_FROM)
+    if not worth_it:
+        return self._padded_forward(input_ids=input_ids, attention_mask=attention_mask, **rest)
+    from transformers.modeling_outputs import BaseModelOutput
+    from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
+
+    batch, length = input_ids.shape
+    real = attention_mask.reshape(-1).nonzero().squeeze(1)
+    lengths = attention_mask.sum(dim=1).tolist()
+    positions = torch.arange(length, device=input_ids.device).repeat(batch).index_select(0, real)[None]
+    hidden = self.embeddings(input_ids=input_ids.reshape(1, -1).index_select(1, real))[0]
+    for layer in self.layers:
+        attention = layer.attn
+        heads, size = attention.num_heads, attention.head_dim
+        qkv = attention.Wqkv(layer.attn_norm(hidden)).view(1, -1, 3, heads, size)
+        cos, sin = attention.rotary_emb(qkv, position_ids=positions)
+        query, key, value = qkv.transpose(3, 1).unbind(dim=2)  # [1, heads, tokens, size]
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        window = attention.local_attention[0]
+        context = torch.cat([
+            _attend_within(q, k, v, window) if window >= 0 else _attend(q[0], k[0], v[0], None)[None]
+            for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
+        ], dim=2)
+        hidden = hidden + attention.Wo(context[0].transpose(0, 1).reshape(-1, heads * size))
+        hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
+    hidden = self.final_norm(hidden)
+    sequence = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy_(0, real, hidden).view(batch, length, -1)
+    if rest.get("return_dict") is False:
+        return (sequence,)
+    return BaseModelOutput(last_hidden_state=sequence)
+
+
+def _attend_within(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, window: int,
+                   block: int = 256) -> torch.Tensor:
+    """One text's sliding-window attention, `[1, heads, tokens, size]`: each query sees the
+    keys at most `window` positions away, computed a block of queries at a time against the
+    keys in reach of the block."""
+    tokens = query.shape[2]
+    pieces = []
+    for start in range(0, tokens, block):
+        stop = min(tokens, start + block)
+        first, last = max(0, start - window), min(tokens, stop + window)
+        rows = torch.arange(start, stop, device=query.device)[:, None]
+        columns = torch.arange(first, last, device=query.device)[None, :]
+        near = (rows - columns).abs() <= window
+        pieces.append(functional.scaled_dot_product_attention(
+            query[:, :, start:stop], key[:, :, first:last], value[:, :, first:last], attn_mask=near))
+    return torch.cat(pieces, dim=2)
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
