@@ -281,6 +281,20 @@ def markdown(results: dict) -> str:
                      f"({', '.join(f'{x:g} s' for x in row[side].get('seconds_by_round', [row[side]['seconds']]))}) | "
                      f"{row[side]['outcome']}" for side in ("worker", "infinity server")]
             lines.append(f"| {row['model']} | {row['tokens_per_document']:,} | {cells[0]} | {cells[1]} |")
+    if "limit" in results:
+        lm = results["limit"]
+        lines += ["", "## The whole path against the CPU's limit", "",
+                  f"all-MiniLM-L6-v2 at {lm['dtype']}, {lm['threads']} threads. The limit: each text's FLOPs (real "
+                  "tokens through every linear layer, and attention) at the peak of a matrix product of the model's "
+                  "feed-forward shape measured in the same round. Each stage runs the same texts; the gap between "
+                  "two rows is what the later stage adds (`bench/limit.py`). Medians of "
+                  f"{lm['rounds']} interleaved rounds, every round's fraction shown.", ""]
+        for name, w in lm["workloads"].items():
+            lines += [f"**{name}** ({w['texts']} texts, {w['gflop_per_text']} GFLOP each):", "",
+                      "| stage | texts/s | of the limit (rounds) |", "|---|---|---|"]
+            lines += [f"| {stage} | {row['texts_per_s']} | **{row['of_limit']}** "
+                      f"({', '.join(str(x) for x in row['of_limit_by_round'])}) |" for stage, row in w["stages"].items()]
+            lines.append("")
     if "int8" in results:
         q, mp, fw = results["int8"]["quality"], results["int8"]["matrix_products"], results["int8"]["forward"]
         lines += ["", "## int8 on this CPU", "",

@@ -161,6 +161,7 @@ def test_the_default_token_budget_is_sized_from_the_models_shape_and_the_devices
     assert per_token == 2 * (6 * 1024 + 2 * 4096)
     assert activation_bytes_per_token({"text_config": large}, "float32") == 2 * per_token
     assert activation_bytes_per_token({"model_type": "unknown"}, "float32") is None
+    assert activation_bytes_per_token(large, "bfloat16", 8192) == per_token + 8192  # its row of the mask
     default = WorkerSettings(model_names=str(long_model))
     assert batch_token_budget(default, "m3", 8192, per_token, 80 * 2**30) == 32768  # plenty: the default
     assert batch_token_budget(default, "m3", 8192, per_token, 2 * 2**30) == 18724  # a quarter of 2 GiB

@@ -135,24 +135,26 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         architecture=architecture,
         tokenizer=private_tokenizer(replicas[0]) if replicas else None,
         traits=kind.traits if kind is not None else PLAIN,
-        activation_bytes_per_token=activation_bytes_per_token(config, dtype),
+        activation_bytes_per_token=activation_bytes_per_token(config, dtype, max_tokens),
         **_media_inputs(replicas[0] if replicas else None),
     )
 
 
-def activation_bytes_per_token(config: dict, dtype: str) -> int | None:
+def activation_bytes_per_token(config: dict, dtype: str, max_input_tokens: int | None = None) -> int | None:
     """What one token costs in a forward pass, from the model's shape: inference keeps one
     layer's activations at a time (the layer's input and output, query, key and value, the
     attention's output, the feed-forward's inner activation before and after its
-    nonlinearity), at the width the activations run at; attention itself is linear in
-    length (`real_tokens.py`, torch's flash and memory-efficient kernels)."""
+    nonlinearity), at the width the activations run at, and its row of the padding mask
+    transformers builds (a byte per key, up to `max_input_tokens`); attention itself is
+    linear in length (`real_tokens.py`, `long_attention.py`, torch's flash and
+    memory-efficient kernels)."""
     shape = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     hidden = shape.get("hidden_size") or shape.get("d_model")
     if not isinstance(hidden, int) or hidden <= 0:
         return None
     inner = shape.get("intermediate_size") or shape.get("ffn_dim") or 4 * hidden
     width = 4 if dtype in ("float32", "int8") else 2
-    return width * (6 * hidden + 2 * int(inner))
+    return width * (6 * hidden + 2 * int(inner)) + (max_input_tokens or 0)
 
 
 def _describe(engine: AsyncEmbeddingEngine) -> tuple[int | None, int | None]:
