@@ -25,7 +25,7 @@ runs the model's own forward. `PACK_CPU_WEIGHTS=false` keeps the model's own for
 from __future__ import annotations
 
 import types
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn import functional
@@ -37,8 +37,9 @@ ENCODERS = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel", "M
 # ALWAYS_FROM padded positions on, where attention by plain matmul per text beats the padded
 # batch's even with no padding at all. Measured on all-MiniLM-L6-v2 (2 threads): the time
 # follows the real tokens (2x at 50 % real); bfloat16 at 182 tokens 1.05x with no padding;
-# at 42 tokens 0.90x with none, 0.98x at 91 % real, 1.17x at 75 %.
-REAL_SHARE_BELOW = 0.9
+# at 42 tokens, with the batch's attention in one padded call (BATCHED_UP_TO), 0.97-0.99x
+# with no padding at all and 1.18x at 87 % real.
+REAL_SHARE_BELOW = 0.97
 ALWAYS_FROM = 64
 PLAIN_ATTENTION_FROM = 32  # tokens
 # Long texts: attention by plain matmul holds a tokens x tokens matrix per head (an 8k-token
@@ -48,6 +49,11 @@ PLAIN_ATTENTION_FROM = 32  # tokens
 # scaled-dot-product with no mask at all: its flash kernel holds memory linear in length.
 LONG_FROM = 512
 PLAIN_ATTENTION_UP_TO = 512  # tokens: from here the flash kernel, whose memory is linear in length
+# Short texts: attention one text at a time is hundreds of small kernel calls a batch (two
+# products and a softmax per text and layer, each with its copies); up to BATCHED_UP_TO
+# padded positions, the batch's attention runs as one padded call instead (a key mask for
+# the padding), while every linear layer stays on real tokens.
+BATCHED_UP_TO = 128
 
 
 def compute_on_real_tokens(model: Any) -> int:
@@ -105,8 +111,13 @@ def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
     lengths = attention_mask.sum(dim=1).tolist()
     hidden = embedded.reshape(batch * length, -1).index_select(0, real)
     bias = self.encoder.compute_position_bias(embedded[:1]) if hasattr(self.encoder, "relative_attention_bias") else None
+    padded = None
+    if length <= BATCHED_UP_TO:
+        key_mask = torch.zeros(batch, 1, 1, length, dtype=hidden.dtype).masked_fill(
+            attention_mask[:, None, None, :] == 0, float("-inf"))
+        padded = _Padded(real, batch, length, key_mask)
     for layer in self.encoder.layer:
-        hidden = _layer(layer, hidden, lengths, bias)
+        hidden = _layer(layer, hidden, lengths, bias, padded)
     padded = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy_(0, real, hidden)
     sequence = padded.view(batch, length, -1)
     pooled = self.pooler(sequence) if getattr(self, "pooler", None) is not None else None
@@ -198,9 +209,40 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: t
                                                    attn_mask=None if bias is None else bias[None])[0]
 
 
-def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int], bias: torch.Tensor | None) -> torch.Tensor:
+class _Padded(NamedTuple):
+    """Where a batch's real tokens sit in its padded layout, for one padded attention call."""
+
+    real: torch.Tensor  # positions of the real tokens in the flattened [texts x length] layout
+    texts: int
+    length: int
+    key_mask: torch.Tensor  # [texts, 1, 1, length]: 0 for a real key, -inf for padding
+
+
+def _attend_padded(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padded: _Padded,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    """The batch's attention in one call: `[tokens, heads, size]` in and out, computed on the
+    padded layout with the padding's keys masked."""
+    tokens, heads, size = query.shape
+    laid_out = []
+    for t in (query, key, value):
+        full = t.new_zeros(padded.texts * padded.length, heads, size).index_copy_(0, padded.real, t)
+        laid_out.append(full.view(padded.texts, padded.length, heads, size).transpose(1, 2))  # [texts, heads, length, size]
+    q, k, v = (t.reshape(padded.texts * heads, padded.length, size) for t in laid_out)
+    # the scale and the key mask inside the product (baddbmm): no pass over the scores for them
+    mask = padded.key_mask.expand(-1, heads, -1, -1).reshape(padded.texts * heads, 1, padded.length)
+    scores = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=size ** -0.5)
+    if bias is not None:
+        scores = scores.view(padded.texts, heads, padded.length, padded.length).add_(
+            bias[:, :, :padded.length, :padded.length]).view(-1, padded.length, padded.length)
+    context = torch.bmm(torch.softmax(scores, dim=-1), v).view(padded.texts, heads, padded.length, size)
+    return context.transpose(1, 2).reshape(-1, heads, size).index_select(0, padded.real)
+
+
+def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int], bias: torch.Tensor | None,
+           padded: _Padded | None = None) -> torch.Tensor:
     """One encoder layer on `[tokens, hidden]`: the post-norm block of BERT (`attention.self`,
-    `attention.output`) or MPNet (`attention.attn`, `attention.LayerNorm`), attention per text."""
+    `attention.output`) or MPNet (`attention.attn`, `attention.LayerNorm`), attention per text
+    (or, for a batch of short texts, in one padded call)."""
     if hasattr(layer.attention, "self"):
         own = layer.attention.self
         query, key, value = own.query(hidden), own.key(hidden), own.value(hidden)
@@ -208,12 +250,19 @@ def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int], bia
         own = layer.attention.attn
         query, key, value = own.q(hidden), own.k(hidden), own.v(hidden)
     heads, size = own.num_attention_heads, own.attention_head_size
+    if padded is not None:
+        context = _attend_padded(*(t.view(-1, heads, size) for t in (query, key, value)), padded, bias)
+        return _after_attention(layer, own, context.reshape(-1, heads * size), hidden)
     query, key, value = (t.view(-1, heads, size).transpose(0, 1) for t in (query, key, value))  # [heads, tokens, size]
     context = torch.cat([
         _attend(q, k, v, None if bias is None else bias[0, :, :q.shape[1], :q.shape[1]])
         for q, k, v in zip(query.split(lengths, dim=1), key.split(lengths, dim=1), value.split(lengths, dim=1))
     ], dim=1)
-    context = context.transpose(0, 1).reshape(-1, heads * size)
+    return _after_attention(layer, own, context.transpose(0, 1).reshape(-1, heads * size), hidden)
+
+
+def _after_attention(layer: torch.nn.Module, own: torch.nn.Module, context: torch.Tensor,
+                     hidden: torch.Tensor) -> torch.Tensor:
     if hasattr(layer.attention, "self"):
         attended = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + hidden)
     else:
