@@ -324,6 +324,79 @@ async def out_of_memory(path: Path) -> dict:
         torch.cuda.empty_cache()
 
 
+def long_models(scratch: Path) -> dict[str, Path]:
+    """Two tiny embedders reading 8,192 positions, built as the tests build them: BGE-M3's
+    family (XLM-R, the worker's real-token path on a CPU) and Qwen3's (transformers'
+    attention interface)."""
+    import torch
+    import tiny_families  # the tests' model builders (tests/ travels with the tree)
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoModel
+
+    def saved(name: str, config, tokenizer, pooling: str) -> Path:
+        torch.manual_seed(0)
+        raw, folder = scratch / f"{name}-hf", scratch / name
+        AutoModel.from_config(config).eval().save_pretrained(raw)
+        tokenizer.save_pretrained(raw)
+        transformer = models.Transformer(str(raw), max_seq_length=8192)
+        pooled = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode=pooling)
+        SentenceTransformer(modules=[transformer, pooled, models.Normalize()], device="cpu").save(str(folder))
+        return folder
+
+    tokenizer, ids = tiny_families.xlm_roberta_tokenizer()
+    tokenizer.model_max_length = 8192
+    config = tiny_families.xlm_roberta_config(tokenizer, ids)
+    config.max_position_embeddings = 8196
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = 64, 2, 128
+    xlmr = saved("long-xlm-roberta", config, tokenizer, "cls")
+    tokenizer, ids = tiny_families.qwen3_tokenizer()
+    tokenizer.model_max_length = 8192
+    config = tiny_families.qwen3_config(tokenizer, ids)
+    config.max_position_embeddings = 8192
+    return {"long-xlm-roberta": xlmr, "long-qwen3": saved("long-qwen3", config, tokenizer, "lasttoken")}
+
+
+async def long_inputs(folders: dict[str, Path], device: str) -> dict:
+    """Documents of mixed lengths up to ~8,000 tokens (32 of them on a GPU, 6 shorter ones on
+    a CPU's dry run) through the worker at float32: the token budget it chose, the peak GPU
+    memory they added, and their vectors against sentence-transformers' on the CPU (centred
+    gate). Float32 on both sides: the tiny random models give texts vectors that differ in
+    the fifth decimal, below what half precision keeps."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from embedding_worker.api.schemas import EmbeddingRequest
+    from embedding_worker.serving.worker import build_worker
+
+    count, words = (32, 6000) if device == "cuda" else (6, 1500)
+    texts = sentences(count, seed=11, words=(words // 2, words))
+    results = {}
+    for name, folder in folders.items():
+        os.environ.update(MODEL_NAMES=str(folder), SERVED_MODEL_NAMES=name, DEVICE=device, DTYPES="float32",
+                          BATCH_SIZES="32")
+        gc.collect()
+        worker = build_worker()
+        try:
+            await worker.registry.start()
+            model = worker.registry.resolve(name)
+            held = gpu_memory(reset=True)
+            started = time.perf_counter()
+            got = await worker.handler.service.embed(EmbeddingRequest(model=name, input=texts))
+            seconds = time.perf_counter() - started
+            peak = gpu_memory()
+            vectors = np.array([item.embedding for item in got.data], dtype=np.float32)
+        finally:
+            await worker.registry.stop()
+        reference = SentenceTransformer(str(folder), device="cpu").encode(texts, batch_size=1,
+                                                                          normalize_embeddings=True)
+        results[name] = {"dtype": model.dtype, "documents": count, "tokens": got.usage.prompt_tokens,
+                         "seconds": round(seconds, 2), "max_batch_tokens": model.health.max_batch_tokens,
+                         "peak_gpu_mib_added": None if peak is None else peak - held,
+                         "finite": bool(np.isfinite(vectors).all()),
+                         **cosine_gate(vectors, reference)}
+    return results
+
+
 CLIP = {"real": ("CLIP ViT-B/32 shape", {"text": (512, 12, 8), "vision": (768, 12, 12, 224, 32), "projection": 512}),
         "small": ("tiny CLIP", {})}
 
@@ -517,6 +590,12 @@ def markdown(report: dict) -> str:
                     lines.append(f"| {name} | {shape} | {peer} ({found['precision'][peer]}) | "
                                  f"{row['sentences_per_s']} | {row['tokens_per_s']} | {row['p95_ms']} | {row[VERSUS]} | "
                                  f"{row['peak_gpu_mib'] or '-'} |")
+    if long := report.get("long_inputs"):
+        lines += ["", "## Long inputs", "", "| model | dtype | documents | tokens | s | MAX_BATCH_TOKENS | "
+                  "peak GPU MiB added | finite | min centred cosine |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {row['dtype']} | {row['documents']} | {row['tokens']} | {row['seconds']} | "
+                  f"{row['max_batch_tokens']} | {row['peak_gpu_mib_added']} | {row['finite']} | "
+                  f"{row['min_centred_cosine']} |" for name, row in long.items()]
     for section, key in (("Images", "images"), ("Out of memory", "oom")):
         if key in report:
             lines += ["", f"## {section}", "", f"{report[key]}"]
@@ -602,6 +681,7 @@ def main() -> int:
         return {"model": clip_label, **asyncio.run(images(folder, args.device, args.rounds))}
 
     phase("images", clip_images)
+    phase("long_inputs", lambda: asyncio.run(long_inputs(long_models(scratch), args.device)))
     if args.device == "cuda" and names:
         phase("oom", lambda: asyncio.run(out_of_memory(list(names.values())[-1])))
     else:
@@ -636,6 +716,11 @@ def verdicts(report: dict, device: str) -> list[str]:
     if found and found["min_centred_cosine"] < found["gate"]:
         failures.append(f"{found['model']}: image vectors' min centred cosine {found['min_centred_cosine']} "
                         f"< {found['gate']}")
+    for name, row in (report.get("long_inputs") or {}).items():
+        if not row["finite"] or row["min_centred_cosine"] < row["gate"]:
+            failures.append(f"{name}: long documents' vectors off the CPU's ({row})")
+        if row["peak_gpu_mib_added"] is not None and row["peak_gpu_mib_added"] > 4096:
+            failures.append(f"{name}: long documents took {row['peak_gpu_mib_added']} MiB of GPU memory")
     oom = report.get("oom")
     if isinstance(oom, dict) and not (oom["oom_retries"] and oom["serves_after"] and oom["finite"] and oom["healthy"]):
         failures.append(f"out of memory not survived as expected: {oom}")

@@ -19,6 +19,9 @@ def test_a_failed_phase_is_recorded_and_the_rest_still_run(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["phases"]["imports"].startswith("done") and report["phases"]["models"].startswith("failed")
     assert report["phases"]["images"].startswith("done")  # it needs no tokenizer: it ran all the same
+    assert report["phases"]["long_inputs"].startswith("done"), report["phases"]["long_inputs"]
+    for row in report["long_inputs"].values():
+        assert row["finite"] and row["min_centred_cosine"] >= row["gate"] and row["tokens"] > 4 * 1000
     assert "start_up" not in report["phases"]  # nothing to start without models
     assert report["images"]["negative_control_fails_gate"] and report["images"]["min_centred_cosine"] >= 0.99
     assert any(failure.startswith("models: ") for failure in report["failures"])
