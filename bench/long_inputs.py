@@ -28,7 +28,9 @@ DOCUMENTS = 32
 WORDS = "the cat sat on the mat and the dog ran in the garden while".split()
 
 
-def tiny_m3(folder: Path) -> Path:
+def m3_shaped(folder: Path, hidden: int = 64, heads: int = 2, inner: int = 128, layers: int = 2) -> Path:
+    """XLM-R reading 8,194 positions, random weights, the tests' small tokenizer: BGE-M3's
+    shape at the given width and depth (its real one: 1,024, 16 heads, 4,096, 24 layers)."""
     import tiny_families
     from conftest import tiny_sentence_transformer
 
@@ -36,20 +38,8 @@ def tiny_m3(folder: Path) -> Path:
     tokenizer.model_max_length = 8192
     config = tiny_families.xlm_roberta_config(tokenizer, ids)
     config.max_position_embeddings = 8196
-    config.hidden_size, config.num_attention_heads, config.intermediate_size = 64, 2, 128
-    return tiny_sentence_transformer(folder, config, tokenizer, pooling="cls", max_seq_length=8192)
-
-
-def large_m3(folder: Path) -> Path:
-    import tiny_families
-    from conftest import tiny_sentence_transformer
-
-    tokenizer, ids = tiny_families.xlm_roberta_tokenizer()
-    tokenizer.model_max_length = 8192
-    config = tiny_families.xlm_roberta_config(tokenizer, ids)
-    config.max_position_embeddings = 8196
-    config.hidden_size, config.num_attention_heads, config.intermediate_size = 1024, 16, 4096
-    config.num_hidden_layers = 24
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = hidden, heads, inner
+    config.num_hidden_layers = layers
     return tiny_sentence_transformer(folder, config, tokenizer, pooling="cls", max_seq_length=8192)
 
 
@@ -149,22 +139,13 @@ def _wait(server: subprocess.Popen, probe: str) -> None:
     raise RuntimeError(f"{probe} did not come up")
 
 
-def _settle(pid: int) -> None:
-    process, last = psutil.Process(pid), 0
-    for _ in range(40):
-        now = process.memory_info().rss
-        if abs(now - last) < 2**20:
-            return
-        last = now
-        time.sleep(0.25)
-
-
 def long_inputs(rounds: int = 3) -> dict:
     """Both servers up side by side; each case sent to one, then the other, `rounds` times
     (the large row once: it takes minutes); the median time, every round's shown."""
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        models = {"m3-tiny": tiny_m3(scratch / "m3-tiny"), "m3-large": large_m3(scratch / "m3-large")}
+        models = {"m3-tiny": m3_shaped(scratch / "m3-tiny"),
+                  "m3-large": m3_shaped(scratch / "m3-large", hidden=1024, heads=16, inner=4096, layers=24)}
         cases = [("m3-tiny", 512), ("m3-tiny", 2048), ("m3-tiny", 8192), ("m3-large", 2048)]
         texts = {case: documents(models[case[0]], case[1]) for case in cases}
         rows = {case: {"model": case[0], "tokens_per_document": case[1], "documents": DOCUMENTS} for case in cases}
@@ -198,8 +179,10 @@ def long_inputs(rounds: int = 3) -> dict:
 
 
 def _one(server: subprocess.Popen, embed, model: str, batch: list[str], tokens: int) -> dict:
+    from test_hostile_inputs import settle
+
     embed(model, ["warm"])
-    _settle(server.pid)
+    settle(server.pid)
     peak = Peak(server.pid, KILL_AT_GB)
     started = time.perf_counter()
     try:

@@ -35,12 +35,9 @@ def document(words: int) -> str:
     return " ".join(WORDS[i % len(WORDS)] for i in range(words))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_32_long_documents_of_mixed_lengths_in_bounded_memory_equal_to_sentence_transformers(long_model, dtype):
-    from sentence_transformers import SentenceTransformer
-
-    texts = [document(6000 - 500 * (i % 8)) for i in range(32)] + ["a short query", "another"]
-    running = start_worker(MODEL_NAMES=str(long_model), SERVED_MODEL_NAMES="long", DTYPES=dtype, BATCH_SIZES="32")
+def embed_measured(running, model: str, texts: list[str]) -> tuple[dict, float]:
+    """The worker's answer to one embed job of `texts`, and how far (MiB) this process's
+    memory rose over its idle level while it ran (sampled every 5 ms)."""
     process, peak, sampling = psutil.Process(), [0], [True]
 
     def sample() -> None:
@@ -48,17 +45,28 @@ def test_32_long_documents_of_mixed_lengths_in_bounded_memory_equal_to_sentence_
             peak[0] = max(peak[0], process.memory_info().rss)
             time.sleep(0.005)
 
+    running.run({"model": model, "input": "warm"})
+    idle = process.memory_info().rss
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     try:
-        running.run({"model": "long", "input": "warm"})
-        idle = process.memory_info().rss
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        output = running.run({"model": "long", "input": texts}, timeout=600)
+        output = running.run({"model": model, "input": texts}, timeout=600)
+    finally:
         sampling[0] = False
         sampler.join()
+    return output, (peak[0] - idle) / 2**20
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_32_long_documents_of_mixed_lengths_in_bounded_memory_equal_to_sentence_transformers(long_model, dtype):
+    from sentence_transformers import SentenceTransformer
+
+    texts = [document(6000 - 500 * (i % 8)) for i in range(32)] + ["a short query", "another"]
+    running = start_worker(MODEL_NAMES=str(long_model), SERVED_MODEL_NAMES="long", DTYPES=dtype, BATCH_SIZES="32")
+    try:
+        output, grown = embed_measured(running, "long", texts)
     finally:
         running.close()
-    grown = (peak[0] - idle) / 2**20
     print(f"{dtype}: {grown:.0f} MiB over idle, {output['usage']['prompt_tokens']} tokens")
     assert grown < BOUND_MIB, f"{grown:.0f} MiB"
     got = np.array([item["embedding"] for item in output["data"]])
@@ -207,24 +215,10 @@ def test_llm_embedders_attention_on_mixed_lengths_holds_memory_linear_in_length(
     texts = [document(4800 - 300 * i) for i in range(8)] + ["a short query"]
     running = start_worker(MODEL_NAMES=str(long_qwen3), SERVED_MODEL_NAMES="qwen3", DTYPES="float32",
                            BATCH_SIZES="16")
-    process, peak, sampling = psutil.Process(), [0], [True]
-
-    def sample() -> None:
-        while sampling[0]:
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.005)
-
     try:
-        running.run({"model": "qwen3", "input": "warm"})
-        idle = process.memory_info().rss
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        output = running.run({"model": "qwen3", "input": texts}, timeout=600)
-        sampling[0] = False
-        sampler.join()
+        output, grown = embed_measured(running, "qwen3", texts)
     finally:
         running.close()
-    grown = (peak[0] - idle) / 2**20
     print(f"{grown:.0f} MiB over idle, {output['usage']['prompt_tokens']} tokens")
     assert output["usage"]["prompt_tokens"] > 40000
     assert grown < 700, f"{grown:.0f} MiB"  # 1,036 MiB with the whole masked attention at once
@@ -256,25 +250,11 @@ def test_modernbert_on_real_tokens_holds_memory_linear_in_length_with_the_same_v
     texts = [document(4800 - 300 * i) for i in range(8)] + ["a short query", document(300)]
     running = start_worker(MODEL_NAMES=str(long_modernbert), SERVED_MODEL_NAMES="modernbert", DTYPES="float32",
                            BATCH_SIZES="16")
-    process, peak, sampling = psutil.Process(), [0], [True]
-
-    def sample() -> None:
-        while sampling[0]:
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.005)
-
     try:
-        running.run({"model": "modernbert", "input": "warm"})
-        idle = process.memory_info().rss
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        output = running.run({"model": "modernbert", "input": texts}, timeout=600)
-        sampling[0] = False
-        sampler.join()
+        output, grown = embed_measured(running, "modernbert", texts)
         short = running.run({"model": "modernbert", "input": ["a short query", document(40), document(90)]})
     finally:
         running.close()
-    grown = (peak[0] - idle) / 2**20
     print(f"{grown:.0f} MiB over idle, {output['usage']['prompt_tokens']} tokens")
     assert output["usage"]["prompt_tokens"] > 40000
     assert grown < 700, f"{grown:.0f} MiB"
