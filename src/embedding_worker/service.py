@@ -312,7 +312,7 @@ class EmbeddingService:
         instruction = request.instruction or model.prompts.prompts.get("instruction")
         if instruction is not None and not model.traits.takes_instructions:
             raise InvalidRequest(f"instruction: model {model.name!r} is a cross-encoder and takes no instruction; "
-                                 "LLM rerankers (Qwen3-Reranker) do")
+                                 "LLM rerankers (Qwen3-Reranker, mxbai-rerank-v2) do")
         query = RerankQuery(request.query, instruction)
         ranked, tokens = await self.registry.call(
             model,
