@@ -6,8 +6,8 @@ packed kernels (what the worker runs); interleaved rounds, medians.
 Schemes: Infinity's int8 (torch's dynamic quantisation: weights per tensor, activations per
 tensor at run time, 7-bit), the same with weights per output channel, and W8A8 with weights
 per output channel and activations per token (emulated for quality: each linear layer's
-weights and inputs rounded to int8 and back), with and without the feed-forward output
-layers left in bfloat16."""
+weights and inputs rounded to int8 and back), with all layers in int8, with the feed-forward
+output projections left in bfloat16, and with the attention's output projections too."""
 
 from __future__ import annotations
 
@@ -23,12 +23,16 @@ from common import MODEL, corpus
 ROWS = 32 * 42  # a batch of 32 of the corpus' sentences, padded: the throughput shapes
 
 
-def _emulated_w8a8(model, skip: tuple[str, ...] = ()):
+def _emulated_w8a8(model, skip: str | None = None):
+    """`model` with every linear layer's weights and inputs rounded to int8 and back, but
+    those whose name matches the regular expression `skip`."""
+    import re
+
     import torch
 
     model = copy.deepcopy(model)
     for name, layer in model[0].auto_model.named_modules():
-        if not isinstance(layer, torch.nn.Linear) or any(name.endswith(s) for s in skip):
+        if not isinstance(layer, torch.nn.Linear) or (skip and re.search(skip, name)):
             continue
         weight = layer.weight.data
         scale = weight.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
@@ -75,7 +79,10 @@ def quality() -> dict:
         "int8: Infinity's (dynamic, per-tensor weights and activations)": _dynamic(base, per_channel=False),
         "int8: dynamic, per-channel weights, per-tensor activations": _dynamic(base, per_channel=True),
         "int8 W8A8: per-channel weights, per-token activations": _emulated_w8a8(base),
-        "int8 W8A8 as above, feed-forward outputs in bfloat16": _emulated_w8a8(base, skip=("output.dense",)),
+        "int8 W8A8 as above, feed-forward output projections in bfloat16": _emulated_w8a8(
+            base, skip=r"layer\.\d+\.output\.dense$"),
+        "int8 W8A8 as above, attention and feed-forward output projections in bfloat16": _emulated_w8a8(
+            base, skip=r"output\.dense$"),
     }
     rows = {}
     for name, model in schemes.items():

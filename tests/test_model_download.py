@@ -310,20 +310,30 @@ def download_in_a_process(hub: StandInHub, cache: Path, stale_after: float = 60.
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _stalled_part(blobs: Path, at_least: int, idle: float) -> Path | None:
+    """A part file of `at_least` bytes, unwritten for `idle` seconds. Other files' parts come
+    and go meanwhile (published between the listing and their stat): they are skipped."""
+    for part in blobs.glob("*.part-*") if blobs.is_dir() else []:
+        try:
+            found = part.stat()
+        except FileNotFoundError:
+            continue
+        if found.st_size >= at_least and time.time() - found.st_mtime > idle:
+            return part
+    return None
+
+
 def test_a_worker_killed_mid_download_is_resumed_by_the_next(hub, places, tiny_embedder_path):
     size = (tiny_embedder_path / WEIGHTS).stat().st_size
     hub.add_fault(Fault(WEIGHTS, rate=size / 4))  # four seconds for the weights
     blobs = repo_folder(places.download_cache, REPO) / "blobs"
     killed = download_in_a_process(hub, places.download_cache)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        parts = list(blobs.glob("*.part-*")) if blobs.is_dir() else []
-        if parts and parts[0].stat().st_size > size // 4:
-            break
+    while time.monotonic() < deadline and (part := _stalled_part(blobs, size // 4 + 1, 0.0)) is None:
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
-    written = parts[0].stat().st_size
+    written = part.stat().st_size
     assert find_snapshot(places.download_cache, REPO, None) is None  # no ref: nothing half-done is published
     found = resolve_model(REPO, None, places, access=access(hub))
     assert_same_files(found.path, tiny_embedder_path)
@@ -456,10 +466,7 @@ def test_a_writer_stalled_past_the_stale_time_is_taken_over_and_the_published_fi
     blobs = repo_folder(places.download_cache, REPO) / "blobs"
     first = download_in_a_process(hub, places.download_cache, stale_after=2.0)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        parts = list(blobs.glob("*.part-*")) if blobs.is_dir() else []
-        if parts and parts[0].stat().st_size >= size // 2 and time.time() - parts[0].stat().st_mtime > 2.5:
-            break
+    while time.monotonic() < deadline and not _stalled_part(blobs, size // 2, 2.5):
         time.sleep(0.05)
     second = download_in_a_process(hub, places.download_cache, stale_after=2.0)
     results = [worker.communicate(timeout=120) for worker in (second, first)]
