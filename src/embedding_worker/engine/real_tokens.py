@@ -86,17 +86,30 @@ def _supported(encoder: torch.nn.Module) -> bool:
     )
 
 
+def _covered(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, rest: dict[str, Any],
+             unsupported: tuple[str, ...]) -> bool:
+    """Whether this path covers the call: ids and a 2-D mask, no gradients, and none of the
+    `unsupported` arguments given (None and False count as not given)."""
+    return (input_ids is not None and attention_mask is not None and attention_mask.dim() == 2
+            and not torch.is_grad_enabled()
+            and all(rest.get(name) is None or rest.get(name) is False for name in unsupported))
+
+
+def _real_tokens(attention_mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Where the real tokens sit in the flattened `[texts x length]` layout, and each text's count."""
+    return attention_mask.reshape(-1).nonzero().squeeze(1), attention_mask.sum(dim=1).tolist()
+
+
+def _padded_back(hidden: torch.Tensor, real: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """`[tokens, hidden]` back in the padded layout `[batch, length, hidden]`, zeros for padding."""
+    return hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy_(0, real, hidden).view(batch, length, -1)
+
+
 def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
              attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
              position_ids: torch.Tensor | None = None, **rest: Any) -> Any:
-    covered = (
-        input_ids is not None
-        and attention_mask is not None
-        and attention_mask.dim() == 2
-        and not torch.is_grad_enabled()
-        and not any(rest.get(k) for k in ("head_mask", "inputs_embeds", "encoder_hidden_states",
-                                          "past_key_values", "output_attentions", "output_hidden_states"))
-    )
+    covered = _covered(input_ids, attention_mask, rest, ("head_mask", "inputs_embeds", "encoder_hidden_states",
+                                                       "past_key_values", "output_attentions", "output_hidden_states"))
     worth_it = covered and (float(attention_mask.float().mean()) < REAL_SHARE_BELOW or (
         attention_mask.shape[1] >= ALWAYS_FROM and self.embeddings.word_embeddings.weight.dtype == torch.bfloat16)
         or attention_mask.shape[1] >= LONG_FROM)
@@ -107,19 +120,17 @@ def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
 
     batch, length = input_ids.shape
     embedded = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
-    real = attention_mask.reshape(-1).nonzero().squeeze(1)
-    lengths = attention_mask.sum(dim=1).tolist()
+    real, lengths = _real_tokens(attention_mask)
     hidden = embedded.reshape(batch * length, -1).index_select(0, real)
     bias = self.encoder.compute_position_bias(embedded[:1]) if hasattr(self.encoder, "relative_attention_bias") else None
-    padded = None
+    layout = None
     if length <= BATCHED_UP_TO:
         key_mask = torch.zeros(batch, 1, 1, length, dtype=hidden.dtype).masked_fill(
             attention_mask[:, None, None, :] == 0, float("-inf"))
-        padded = _Padded(real, batch, length, key_mask)
+        layout = _Padded(real, batch, length, key_mask)
     for layer in self.encoder.layer:
-        hidden = _layer(layer, hidden, lengths, bias, padded)
-    padded = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy_(0, real, hidden)
-    sequence = padded.view(batch, length, -1)
+        hidden = _layer(layer, hidden, lengths, bias, layout)
+    sequence = _padded_back(hidden, real, batch, length)
     pooled = self.pooler(sequence) if getattr(self, "pooler", None) is not None else None
     if rest.get("return_dict") is False:  # as sentence-transformers calls it
         return (sequence,) if pooled is None else (sequence, pooled)
@@ -133,15 +144,9 @@ def _modernbert_forward(self: torch.nn.Module, input_ids: torch.Tensor | None = 
     flash kernel, and its local (sliding-window) attention a block of queries at a time
     against the keys within the window: memory linear in length where the padded model holds
     two tokens x tokens masks and a tokens x tokens matrix per head."""
-    covered = (
-        input_ids is not None
-        and attention_mask is not None
-        and attention_mask.dim() == 2
-        and not torch.is_grad_enabled()
-        and not any(rest.get(k) is not None and rest.get(k) is not False for k in (
-            "sliding_window_mask", "position_ids", "inputs_embeds", "indices", "cu_seqlens", "max_seqlen",
-            "batch_size", "seq_len", "output_attentions", "output_hidden_states"))
-    )
+    covered = _covered(input_ids, attention_mask, rest, (
+        "sliding_window_mask", "position_ids", "inputs_embeds", "indices", "cu_seqlens", "max_seqlen",
+        "batch_size", "seq_len", "output_attentions", "output_hidden_states"))
     worth_it = covered and (float(attention_mask.float().mean()) < REAL_SHARE_BELOW
                             or attention_mask.shape[1] >= LONG_FROM)
     if not worth_it:
@@ -150,8 +155,7 @@ def _modernbert_forward(self: torch.nn.Module, input_ids: torch.Tensor | None = 
     from transformers.models.modernbert.modeling_modernbert import apply_rotary_pos_emb
 
     batch, length = input_ids.shape
-    real = attention_mask.reshape(-1).nonzero().squeeze(1)
-    lengths = attention_mask.sum(dim=1).tolist()
+    real, lengths = _real_tokens(attention_mask)
     positions = torch.arange(length, device=input_ids.device).repeat(batch).index_select(0, real)[None]
     hidden = self.embeddings(input_ids=input_ids.reshape(1, -1).index_select(1, real))[0]
     for layer in self.layers:
@@ -169,7 +173,7 @@ def _modernbert_forward(self: torch.nn.Module, input_ids: torch.Tensor | None = 
         hidden = hidden + attention.Wo(context[0].transpose(0, 1).reshape(-1, heads * size))
         hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
     hidden = self.final_norm(hidden)
-    sequence = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy_(0, real, hidden).view(batch, length, -1)
+    sequence = _padded_back(hidden, real, batch, length)
     if rest.get("return_dict") is False:
         return (sequence,)
     return BaseModelOutput(last_hidden_state=sequence)
