@@ -7,7 +7,9 @@ Schemes: Infinity's int8 (torch's dynamic quantisation: weights per tensor, acti
 tensor at run time, 7-bit), the same with weights per output channel, and W8A8 with weights
 per output channel and activations per token (emulated for quality: each linear layer's
 weights and inputs rounded to int8 and back), with all layers in int8, with the feed-forward
-output projections left in bfloat16, and with the attention's output projections too."""
+output projections left in bfloat16, and with the attention's output projections too; and
+the worker's own (`engine/int8_cpu.py`), run for real. Then the forward pass: the worker's
+int8 against its bfloat16 and float32."""
 
 from __future__ import annotations
 
@@ -83,6 +85,8 @@ def quality() -> dict:
             base, skip=r"layer\.\d+\.output\.dense$"),
         "int8 W8A8 as above, attention and feed-forward output projections in bfloat16": _emulated_w8a8(
             base, skip=r"output\.dense$"),
+        "int8: the worker's (smoothed, static per-tensor inputs; query/key/value and the first feed-forward "
+        "product in int8, the rest bfloat16)": _worker_int8(base, "bfloat16"),
     }
     rows = {}
     for name, model in schemes.items():
@@ -148,8 +152,12 @@ def _layer_variants(k: int, n: int) -> tuple[dict, float | None]:
         a, scale = q(xb)
         return d(torch._int_mm(a, w_int8), scale)
 
+    from embedding_worker.engine.int8_cpu import Int8Linear
+
+    worker_int8 = Int8Linear(weight, bias, torch.ones(k), float(x.min()), float(x.max()))
     variants = {
         "bfloat16, packed (the worker)": lambda: torch.ops.mkldnn._linear_pointwise(xb, packed, bb, "none", [], ""),
+        "int8: the worker's (oneDNN, static per-tensor input, its quantisation included)": lambda: worker_int8(xb),
         "int8 x int8 -> int32 product alone (torch._int_mm)": lambda: torch._int_mm(a_int8, w_int8),
         "int8: Infinity's dynamic (float32 in and out)": lambda: dynamic(x),
         "int8 W8A8 per token, eager quantise and dequantise": w8a8,
@@ -167,33 +175,66 @@ def _layer_variants(k: int, n: int) -> tuple[dict, float | None]:
     return variants, seconds
 
 
+def _worker_int8(base, rest: str):
+    """`base` (float32) as `DTYPES=int8` serves it (`engine/int8_cpu.py`), the rest at `rest`."""
+    from embedding_worker.engine import int8_cpu
+    from embedding_worker.engine.int8_gate import _to_int8
+
+    model = copy.deepcopy(base)
+    ranges = int8_cpu.calibrate(model, lambda texts: model.forward(model.tokenize(texts)))
+    _to_int8(model, ranges, rest)
+    return model
+
+
 def forward_passes(rounds: int = 5) -> dict:
-    """A batch of 32 sentences through the model: bfloat16 with the worker's packed layers
-    against Infinity's int8 (dynamic, float32 around the products)."""
+    """The worker's forward pass (packed layers, real tokens) at bfloat16 and float32, against
+    its int8 with the rest at each (float32: what a CPU without native bf16 runs), and
+    Infinity's int8; a batch of 32 short sentences and one of 32 mixed documents, the ratio
+    taken within each round."""
     import torch
     from huggingface_hub import snapshot_download
     from sentence_transformers import SentenceTransformer
 
+    import workloads
     from embedding_worker.engine.cpu_kernels import pack_linear_layers
+    from embedding_worker.engine.real_tokens import compute_on_real_tokens
 
     base = SentenceTransformer(snapshot_download(MODEL, local_files_only=True), device="cpu")
-    bf16 = copy.deepcopy(base).to(torch.bfloat16)
-    pack_linear_layers(bf16)
-    variants = {"bfloat16, packed (the worker)": bf16, "int8: Infinity's dynamic": _dynamic(base, per_channel=False)}
-    features = base.tokenize(corpus(32))
-    times: dict[str, list[float]] = {name: [] for name in variants}
+
+    def worker_at(dtype):
+        model = copy.deepcopy(base).to(dtype)
+        pack_linear_layers(model)
+        compute_on_real_tokens(model)
+        return model
+
+    variants = {"bfloat16 (the worker)": worker_at(torch.bfloat16),
+                "int8: the worker's, the rest bfloat16": _worker_int8(base, "bfloat16"),
+                "float32 (the worker)": worker_at(torch.float32),
+                "int8: the worker's, the rest float32": _worker_int8(base, "float32"),
+                "int8: Infinity's dynamic": _dynamic(base, per_channel=False)}
+    against = {"int8: the worker's, the rest float32": "float32 (the worker)"}
+    mixed = [t for _, texts in workloads.requests_for(workloads.WORKLOADS[0], 1.0) for t in texts][:32]
+    batches = {"32 short sentences": base.tokenize(corpus(32)), "32 mixed documents": base.tokenize(mixed)}
+    times = {(batch, name): [] for batch in batches for name in variants}
     with torch.inference_mode():
         for model in variants.values():
-            model.forward(dict(features))
+            for features in batches.values():
+                model.forward(dict(features))
         for _ in range(rounds):
-            for name, model in variants.items():
-                started = time.perf_counter()
-                for _ in range(5):
-                    model.forward(dict(features))
-                times[name].append((time.perf_counter() - started) / 5)
-    reference = statistics.median(times["bfloat16, packed (the worker)"])
-    return {name: {"ms": round(1000 * statistics.median(t), 1), "vs_bfloat16": round(reference / statistics.median(t), 2)}
-            for name, t in times.items()}
+            for batch, features in batches.items():
+                for name, model in variants.items():
+                    started = time.perf_counter()
+                    for _ in range(3):
+                        model.forward(dict(features))
+                    times[batch, name].append((time.perf_counter() - started) / 3)
+    results: dict[str, dict] = {}
+    for (batch, name), values in times.items():
+        reference = times[batch, against.get(name, "bfloat16 (the worker)")]
+        results.setdefault(batch, {})[name] = {
+            "ms": round(1000 * statistics.median(values), 1), "against": against.get(name, "bfloat16 (the worker)"),
+            "speedup": round(statistics.median(r / v for r, v in zip(reference, values)), 2),
+            "speedup_by_round": [round(r / v, 2) for r, v in zip(reference, values)]}
+    return results
 
 
 def int8() -> dict:

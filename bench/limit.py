@@ -37,6 +37,28 @@ def _workloads(scale: float) -> dict[str, tuple[list[list[str]], int]]:
             "mixed documents, 4 x c8": (mixed, 8)}
 
 
+def text_flop(config, lengths: list[int]) -> int:
+    """The FLOPs of texts of these real-token `lengths` through an encoder of `config`: every
+    linear layer, and attention's two products."""
+    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    return sum(layers * (2 * n * (4 * hidden * hidden + 2 * hidden * inner) + 4 * n * n * hidden) for n in lengths)
+
+
+def matmul_peak(rows: int, hidden: int, inner: int) -> float:
+    """FLOP/s of a bfloat16 matrix product of the feed-forward's shape, the best of 5 tries."""
+    import torch
+
+    a = torch.randn(rows, hidden, dtype=torch.bfloat16)
+    b = torch.randn(hidden, inner, dtype=torch.bfloat16)
+    best = 0.0
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(20):
+            a @ b
+        best = max(best, 2 * rows * hidden * inner * 20 / (time.perf_counter() - started))
+    return best
+
+
 def limit(rounds: int = 3, scale: float = 1.0) -> dict:
     import torch
     from huggingface_hub import snapshot_download
@@ -50,28 +72,17 @@ def limit(rounds: int = 3, scale: float = 1.0) -> dict:
     pack_linear_layers(model)
     compute_on_real_tokens(model)
     config = model[0].auto_model.config
-    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    hidden, inner = config.hidden_size, config.intermediate_size
     linears = [m for m in model.modules() if type(m).__name__ == "PackedLinear"]
     prepared = {}
     for name, (requests, concurrency) in _workloads(scale).items():
         texts = [t for request in requests for t in request]
         batches = [model.tokenize(texts[i:i + BATCH]) for i in range(0, len(texts), BATCH)]
         lengths = [n for b in batches for n in b["attention_mask"].sum(1).tolist()]
-        flop = sum(layers * (2 * n * (4 * hidden * hidden + 2 * hidden * inner) + 4 * n * n * hidden) for n in lengths)
+        flop = text_flop(config, lengths)
         rows = int(statistics.mean(int(b["attention_mask"].sum()) for b in batches))
         prepared[name] = {"requests": requests, "concurrency": concurrency, "texts": texts, "batches": batches,
                           "flop": flop, "rows": rows}
-
-    def peak(rows: int) -> float:
-        a = torch.randn(rows, hidden, dtype=torch.bfloat16)
-        b = torch.randn(hidden, inner, dtype=torch.bfloat16)
-        best = 0.0
-        for _ in range(5):
-            started = time.perf_counter()
-            for _ in range(20):
-                a @ b
-            best = max(best, 2 * rows * hidden * inner * 20 / (time.perf_counter() - started))
-        return best
 
     def linear_layers(batches) -> float:
         inputs = [(torch.randn(int(b["attention_mask"].sum()), m.in_features, dtype=torch.bfloat16), m)
@@ -107,7 +118,7 @@ def limit(rounds: int = 3, scale: float = 1.0) -> dict:
                 for name, data in prepared.items():
                     count = len(data["texts"])
                     stages = found[name]
-                    stages.setdefault("limit", []).append(peak(data["rows"]) / (data["flop"] / count))
+                    stages.setdefault("limit", []).append(matmul_peak(data["rows"], hidden, inner) / (data["flop"] / count))
                     stages.setdefault("linear layers alone", []).append(count / linear_layers(data["batches"]))
                     stages.setdefault("forward pass", []).append(count / forward(data["batches"]))
                     stages.setdefault("sentence-transformers' encode", []).append(count / encode(data["texts"]))

@@ -311,8 +311,28 @@ def markdown(results: dict) -> str:
                   + (f" (torch.compile took {mp['compile_seconds']} s)" if mp.get("compile_seconds") else "") + ":", "",
                   f"| scheme | {' | '.join(shapes)} |", "|---|" + "---|" * len(shapes)]
         lines += [f"| {name} | {' | '.join(str(by_shape[s]) for s in shapes)} |" for name, by_shape in mp["gflops"].items()]
-        lines += ["", "The whole forward pass, a batch of 32 sentences: " + "; ".join(
-            f"{name} {row['ms']} ms ({row['vs_bfloat16']}x bfloat16)" for name, row in fw.items()) + "."]
+        lines += ["", "The whole forward pass, the worker's int8 against its bfloat16 and float32 (the speed-up "
+                  "within each round, median and rounds):", "",
+                  "| batch | variant | ms | speed-up | against |", "|---|---|---|---|---|"]
+        lines += [f"| {batch} | {name} | {row['ms']} | **{row['speedup']}x** "
+                  f"({', '.join(str(x) for x in row['speedup_by_round'])}) | {row['against']} |"
+                  for batch, by_name in fw.items() for name, row in by_name.items()]
+    if "precisions" in results:
+        p = results["precisions"]
+        lines += ["", "## Each precision beside Infinity's server", "",
+                  f"all-MiniLM-L6-v2, short sentences (8 a request, 16 at once, {p['texts']} texts of "
+                  f"{p['gflop_per_text']} GFLOP) through the worker's local endpoint and Infinity's own server, each "
+                  "at `DTYPES` float32, bfloat16 and int8, six servers up at once, "
+                  f"{p['rounds']} interleaved rounds (`bench/precisions.py`). The limit is the bfloat16 one "
+                  f"(median {p['limit_texts_per_s']} texts/s), so int8 may pass 1. Quality: each server's vectors "
+                  "for the int8 gate's corpus against sentence-transformers' at float32.", "",
+                  "| precision | server | sentences/s (rounds) | of the limit | vs the worker at bfloat16 | "
+                  "vs Infinity at the same precision | min cosine | mean cosine | top-10 the same |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['precision']} | {r['server']} | {r['sentences_per_s']} "
+                  f"({', '.join(str(x) for x in r['by_round'])}) | {r['of_limit']} | {r['vs_worker_bfloat16']} | "
+                  f"**{r['vs_infinity_same_precision']}** | {r['min_cosine']} | {r['mean_cosine']} | "
+                  f"{r['top10_same']:.1%} |" for r in p["rows"]]
     if "flops" in results and "dtypes" in results["flops"]:
         f = results["flops"]
         lines += ["", "## Compute: how close to the hardware", "",

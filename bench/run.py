@@ -38,6 +38,7 @@ import hostile  # noqa: E402
 import int8  # noqa: E402
 import limit  # noqa: E402
 import long_inputs  # noqa: E402
+import precisions  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
 import workloads  # noqa: E402
@@ -45,7 +46,7 @@ from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
          "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "audio",
-         "faults", "hybrid", "hostile", "latency", "long inputs", "int8", "limit"]
+         "faults", "hybrid", "hostile", "latency", "long inputs", "int8", "limit", "precisions"]
 
 
 def auto_dtype() -> str:
@@ -119,6 +120,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "long inputs": lambda: {"long_inputs": long_inputs.long_inputs()},
         "int8": lambda: {"int8": int8.int8()},
         "limit": lambda: {"limit": limit.limit(rounds, scale)},
+        "precisions": lambda: {"precisions": precisions.precisions(rounds, scale)},
     }
     return steps[step]()
 

@@ -22,7 +22,11 @@ _ACTIONS = ["announced a plan to", "struggled to", "will soon", "quietly managed
             "is expected to", "refused to", "learned how to"]
 _OBJECTS = ["cut costs by half.", "win the championship.", "store millions of records.", "cross the mountains.",
             "bake bread every morning.", "change how we travel.", "answer every question.", "grow in winter."]
-CALIBRATION_TEXTS = [f"{_SUBJECTS[i % 12]} {_ACTIONS[i % 8]} {_OBJECTS[(i * 5) % 8]}" for i in range(96)] + [
+# 104 distinct sentences: each subject with each action once, and an object; then 8 unlike
+# them. Distinct, so that a sentence's nearest neighbours are well defined (the int8 gate
+# compares them): repeated sentences tie, and a tie breaks on rounding.
+CALIBRATION_TEXTS = [f"{_SUBJECTS[i % 12]} {_ACTIONS[(i // 12) % 8]} {_OBJECTS[(i * 5 + i // 12) % 8]}"
+                     for i in range(96)] + [
     "What is the capital of France?", "how to reset a router", "Paris", "2024 annual report, page 3",
     "def main(): return 0", "Ein kurzer deutscher Satz.", "Une phrase en français.", "¿Dónde está la biblioteca?",
 ]

@@ -1,21 +1,21 @@
-"""`DTYPES=int8` on a CPU, never silently worse: an embedder is quantised (every linear
-layer's weights to int8, activations at run time: torch's dynamic quantisation, what
-Infinity's int8 is) only if the quantised copy keeps retrieval on a fixed corpus of
-sentences (`compact.CALIBRATION_TEXTS`) against the model at float32:
+"""`DTYPES=int8` on a CPU, never silently worse: an embedder's encoder is quantised
+(`int8_cpu.py`: static, smoothed int8 products on oneDNN for the layers fed by a layer norm)
+only if the quantised copy keeps retrieval on a fixed corpus of sentences
+(`compact.CALIBRATION_TEXTS`, apart from the texts that calibrate the quantisation) against
+the model at float32:
 
 - every vector within cosine MIN_COSINE of its float32 vector, and
 - each sentence's 10 nearest neighbours among the others at least MIN_OVERLAP the same.
 
-A model that fails is served at bfloat16 (float32 on a CPU without native bf16) instead,
-and the start-up line says what was measured. Rerankers and classifiers have no such gate
-yet, so they fall back the same way.
+A model that fails, or that int8 does not cover (other families, rerankers, classifiers), is
+served at bfloat16 (float32 on a CPU without native bf16) instead, and the start-up line says
+what was measured or why.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from typing import Any
 
 import numpy as np
@@ -50,27 +50,47 @@ def gate_int8(name: str, replica: Any, capabilities: set[str], fallback: str) ->
     import torch
 
     from embedding_worker.compact import CALIBRATION_TEXTS
+    from embedding_worker.engine import int8_cpu
     from embedding_worker.engine.cpu_kernels import torch_modules
 
-    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*are deprecated", category=UserWarning)
     modules = list(torch_modules(replica))
     reason = "int8 is gated for embedders only" if "embed" not in capabilities or len(modules) != 1 else None
+    reason = reason or int8_cpu.quantisable(modules[0])
     if reason is None:
         with torch.inference_mode():
             reference = vectors(replica, CALIBRATION_TEXTS)
+            ranges = int8_cpu.calibrate(modules[0], lambda texts: replica.encode_core(replica.encode_pre(texts)))
             candidate = copy.deepcopy(replica)
-            torch.ao.quantization.quantize_dynamic(next(iter(torch_modules(candidate))), {torch.nn.Linear},
-                                                   dtype=torch.qint8, inplace=True)
+            _to_int8(candidate, ranges, fallback)
             quantised = vectors(candidate, CALIBRATION_TEXTS)
+            del candidate
         cosine = float(np.sum(reference * quantised, axis=1).min())
         overlap = neighbour_overlap(reference, quantised)
         measured = (f"min cosine {cosine:.3f} (gate {MIN_COSINE}), top-{NEIGHBOURS} neighbours {overlap:.0%} the same "
                     f"(gate {MIN_OVERLAP:.0%}) against float32 on {len(CALIBRATION_TEXTS)} sentences")
         if cosine >= MIN_COSINE and overlap >= MIN_OVERLAP:
-            torch.ao.quantization.quantize_dynamic(modules[0], {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-            log.info("model %r: int8 passes its quality gate: %s", name, measured)
+            layers = _to_int8(replica, ranges, fallback)
+            log.info("model %r: int8 passes its quality gate: %s; %d encoder layers' query/key/value and "
+                     "feed-forward products in int8, the rest at %s", name, measured, layers, fallback)
             return "int8"
         reason = f"int8 fails its quality gate: {measured}"
     modules[0].to({"bfloat16": torch.bfloat16}.get(fallback, torch.float32))
     log.warning("model %r: %s; serving it at %s instead (DTYPES=%s to choose)", name, reason, fallback, fallback)
     return fallback
+
+
+def _to_int8(replica: Any, ranges: Any, rest: str) -> int:
+    """`replica` (at float32) with its encoder layers' products in int8 and the rest at
+    `rest`, on the packed kernels and real tokens (`cpu_kernels.py`, `real_tokens.py`)."""
+    import torch
+
+    from embedding_worker.engine import int8_cpu
+    from embedding_worker.engine.cpu_kernels import pack_linear_layers, torch_modules
+    from embedding_worker.engine.real_tokens import compute_on_real_tokens
+
+    module = next(iter(torch_modules(replica)))
+    layers = int8_cpu.quantise(module, ranges)
+    module.to({"bfloat16": torch.bfloat16}.get(rest, torch.float32))
+    pack_linear_layers(module)
+    compute_on_real_tokens(module)
+    return layers

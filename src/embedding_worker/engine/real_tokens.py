@@ -20,6 +20,8 @@ as the padded model's; docs/BENCHMARKS.md has the speed). A short batch with lit
 (see REAL_SHARE_BELOW), or any call this path does not cover (attention or
 hidden-state outputs, head masks, relative position embeddings, a decoder, gradients),
 runs the model's own forward. `PACK_CPU_WEIGHTS=false` keeps the model's own forward too.
+An encoder quantised to int8 (`int8_cpu.py`) runs here whatever its padding, its query, key and
+value one fused product.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def _forward(self: torch.nn.Module, input_ids: torch.Tensor | None = None,
                                                        "past_key_values", "output_attentions", "output_hidden_states"))
     worth_it = covered and (float(attention_mask.float().mean()) < REAL_SHARE_BELOW or (
         attention_mask.shape[1] >= ALWAYS_FROM and self.embeddings.word_embeddings.weight.dtype == torch.bfloat16)
-        or attention_mask.shape[1] >= LONG_FROM)
+        or attention_mask.shape[1] >= LONG_FROM or getattr(self, "_real_tokens_always", False))
     if not worth_it:
         return self._padded_forward(input_ids=input_ids, attention_mask=attention_mask,
                                     token_type_ids=token_type_ids, position_ids=position_ids, **rest)
@@ -222,16 +224,19 @@ class _Padded(NamedTuple):
     key_mask: torch.Tensor  # [texts, 1, 1, length]: 0 for a real key, -inf for padding
 
 
-def _attend_padded(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padded: _Padded,
+def _attend_padded(projected: list[torch.Tensor], heads: int, padded: _Padded,
                    bias: torch.Tensor | None) -> torch.Tensor:
-    """The batch's attention in one call: `[tokens, heads, size]` in and out, computed on the
-    padded layout with the padding's keys masked."""
-    tokens, heads, size = query.shape
-    laid_out = []
-    for t in (query, key, value):
-        full = t.new_zeros(padded.texts * padded.length, heads, size).index_copy_(0, padded.real, t)
-        laid_out.append(full.view(padded.texts, padded.length, heads, size).transpose(1, 2))  # [texts, heads, length, size]
-    q, k, v = (t.reshape(padded.texts * heads, padded.length, size) for t in laid_out)
+    """The batch's attention in one call, computed on the padded layout with the padding's
+    keys masked. `projected`: the query, key and value, `[tokens, heads x size]` each, or
+    the three in one `[tokens, 3 x heads x size]` (laid out in one copy); `[tokens, heads x
+    size]` out."""
+    width = projected[0].shape[-1] * len(projected) // 3
+    size = width // heads
+    laid_out = [t.new_zeros(padded.texts * padded.length, t.shape[-1]).index_copy_(0, padded.real, t)
+                for t in projected]
+    q, k, v = (part.view(padded.texts, padded.length, heads, size).transpose(1, 2)  # [texts, heads, length, size]
+               .reshape(padded.texts * heads, padded.length, size)
+               for t in laid_out for part in t.split(width, dim=-1))
     # the scale and the key mask inside the product (baddbmm): no pass over the scores for them
     mask = padded.key_mask.expand(-1, heads, -1, -1).reshape(padded.texts * heads, 1, padded.length)
     scores = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=size ** -0.5)
@@ -239,7 +244,7 @@ def _attend_padded(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         scores = scores.view(padded.texts, heads, padded.length, padded.length).add_(
             bias[:, :, :padded.length, :padded.length]).view(-1, padded.length, padded.length)
     context = torch.bmm(torch.softmax(scores, dim=-1), v).view(padded.texts, heads, padded.length, size)
-    return context.transpose(1, 2).reshape(-1, heads, size).index_select(0, padded.real)
+    return context.transpose(1, 2).reshape(-1, width).index_select(0, padded.real)
 
 
 def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int], bias: torch.Tensor | None,
@@ -247,17 +252,18 @@ def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int], bia
     """One encoder layer on `[tokens, hidden]`: the post-norm block of BERT (`attention.self`,
     `attention.output`) or MPNet (`attention.attn`, `attention.LayerNorm`), attention per text
     (or, for a batch of short texts, in one padded call)."""
-    if hasattr(layer.attention, "self"):
-        own = layer.attention.self
-        query, key, value = own.query(hidden), own.key(hidden), own.value(hidden)
+    own = layer.attention.self if hasattr(layer.attention, "self") else layer.attention.attn
+    if hasattr(own, "qkv"):  # one fused product (int8_cpu.py)
+        projected = [own.qkv(hidden)]
+    elif hasattr(layer.attention, "self"):
+        projected = [own.query(hidden), own.key(hidden), own.value(hidden)]
     else:
-        own = layer.attention.attn
-        query, key, value = own.q(hidden), own.k(hidden), own.v(hidden)
+        projected = [own.q(hidden), own.k(hidden), own.v(hidden)]
     heads, size = own.num_attention_heads, own.attention_head_size
     if padded is not None:
-        context = _attend_padded(*(t.view(-1, heads, size) for t in (query, key, value)), padded, bias)
-        return _after_attention(layer, own, context.reshape(-1, heads * size), hidden)
-    query, key, value = (t.view(-1, heads, size).transpose(0, 1) for t in (query, key, value))  # [heads, tokens, size]
+        return _after_attention(layer, own, _attend_padded(projected, heads, padded, bias), hidden)
+    query, key, value = (t.view(-1, heads, size).transpose(0, 1)  # [heads, tokens, size]
+                         for t in (projected[0].chunk(3, dim=-1) if len(projected) == 1 else projected))
     context = torch.cat([
         _attend(q, k, v, None if bias is None else bias[0, :, :q.shape[1], :q.shape[1]])
         for q, k, v in zip(query.split(lengths, dim=1), key.split(lengths, dim=1), value.split(lengths, dim=1))
