@@ -64,6 +64,7 @@ ACTIVATION_TEXTS = [
     "next morning and followed her down the road.",
     "a", "1 2 3 4 5 6 7 8 9 10", "N/A", "?",
 ]
+ACTIVATION_TEXTS += [" ".join(ACTIVATION_TEXTS[13:16] * 3)]  # a long one: ~750 words, as far as the model reads
 
 
 def can_quantise() -> bool:

@@ -4,7 +4,8 @@ only if the quantised copy keeps retrieval on a fixed corpus of sentences
 (`compact.CALIBRATION_TEXTS`, apart from the texts that calibrate the quantisation) against
 the model at float32:
 
-- every vector within cosine MIN_COSINE of its float32 vector, and
+- every vector within cosine MIN_COSINE of its float32 vector, the sentences' and those of
+  a few long documents made of them, and
 - each sentence's 10 nearest neighbours among the others at least MIN_OVERLAP the same.
 
 A model that fails, or that int8 does not cover (other families, rerankers, classifiers), is
@@ -44,6 +45,14 @@ def neighbour_overlap(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / NEIGHBOURS for a, b in zip(ours, theirs)]))
 
 
+def documents() -> list[str]:
+    """Four documents of about 200 to 850 words, made of the gate's sentences: vectors of
+    long texts must hold too (cosine only: they are too few for neighbours)."""
+    from embedding_worker.compact import CALIBRATION_TEXTS
+
+    return [" ".join(CALIBRATION_TEXTS[24 * k:24 * (k + 1)] * (k + 1)) for k in range(4)]
+
+
 def gate_int8(name: str, replica: Any, capabilities: set[str], fallback: str) -> str:
     """Quantise `replica` (loaded at float32) to int8 if it passes the gate; else cast it to
     `fallback`. Return the dtype it now runs at."""
@@ -58,16 +67,19 @@ def gate_int8(name: str, replica: Any, capabilities: set[str], fallback: str) ->
     reason = reason or int8_cpu.quantisable(modules[0])
     if reason is None:
         with torch.inference_mode():
-            reference = vectors(replica, CALIBRATION_TEXTS)
-            ranges = int8_cpu.calibrate(modules[0], lambda texts: replica.encode_core(replica.encode_pre(texts)))
+            texts = CALIBRATION_TEXTS + documents()
+            reference = vectors(replica, texts)
+            ranges = int8_cpu.calibrate(modules[0], lambda batch: replica.encode_core(replica.encode_pre(batch)))
             candidate = copy.deepcopy(replica)
             _to_int8(candidate, ranges, fallback)
-            quantised = vectors(candidate, CALIBRATION_TEXTS)
+            quantised = vectors(candidate, texts)
             del candidate
         cosine = float(np.sum(reference * quantised, axis=1).min())
-        overlap = neighbour_overlap(reference, quantised)
+        sentences = len(CALIBRATION_TEXTS)
+        overlap = neighbour_overlap(reference[:sentences], quantised[:sentences])
         measured = (f"min cosine {cosine:.3f} (gate {MIN_COSINE}), top-{NEIGHBOURS} neighbours {overlap:.0%} the same "
-                    f"(gate {MIN_OVERLAP:.0%}) against float32 on {len(CALIBRATION_TEXTS)} sentences")
+                    f"(gate {MIN_OVERLAP:.0%}) against float32 on {sentences} sentences and "
+                    f"{len(texts) - sentences} documents")
         if cosine >= MIN_COSINE and overlap >= MIN_OVERLAP:
             layers = _to_int8(replica, ranges, fallback)
             log.info("model %r: int8 passes its quality gate: %s; %d encoder layers' query/key/value and "
