@@ -155,3 +155,64 @@ def test_each_covered_family_runs_in_int8_close_to_float32(family, embedder_path
                          output_hidden_states=True).last_hidden_state
     real = features["attention_mask"].bool()
     assert (fast[real] - padded[real]).abs().max() <= 1e-3
+
+
+def test_int8_refuses_an_encoder_outside_the_real_token_path(embedder_path, tmp_path):
+    """A BERT with relative position embeddings: the real-token path does not run it, so its
+    int8 products would run three times over in the model's own forward; it is refused."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, BertConfig
+
+    from conftest import tiny_sentence_transformer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedder_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=128, position_embedding_type="relative_key")
+    model = SentenceTransformer(str(tiny_sentence_transformer(tmp_path / "relative", config, tokenizer)), device="cpu")
+    assert int8_cpu.quantisable(model) == ("int8 on a CPU needs the real-token path, which this encoder's "
+                                           "configuration is outside")
+
+
+@pytest.fixture(scope="module")
+def minilm_reranker(embedder_path, tmp_path_factory):
+    """A cross-encoder on all-MiniLM-L6-v2's real encoder, its one-logit head seeded: real
+    activations (what int8 is judged on) and scores spread enough to rank by."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("minilm-reranker")
+    torch.manual_seed(0)
+    BertForSequenceClassification.from_pretrained(embedder_path, num_labels=1).eval().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(embedder_path).save_pretrained(folder)
+    return folder
+
+
+def test_a_reranker_passes_its_gate_and_keeps_its_order(minilm_reranker):
+    from scipy.stats import spearmanr
+    from sentence_transformers import CrossEncoder
+
+    running, said = start_saying(MODEL_NAMES=str(minilm_reranker), DTYPES="int8")
+    query, documents = "how do trains run on time", TEXTS + [f"{t} And more words about trains." for t in TEXTS]
+    try:
+        name = next(iter(cards(running)))
+        assert cards(running)[name]["dtype"] == "int8"
+        ranked = running.run({"model": name, "query": query, "docs": documents})["results"]
+    finally:
+        running.close()
+    line = next(message for message in said if "quality gate" in message)
+    assert "int8 passes its quality gate: scores' correlation 0.99" in line, line
+    assert "against float32 on 8 queries of 26 documents" in line
+    got = np.array([r["relevance_score"] for r in sorted(ranked, key=lambda r: r["index"])])
+    expected = CrossEncoder(str(minilm_reranker), device="cpu").predict(
+        [(query, d) for d in documents], activation_fct=torch.sigmoid)
+    assert np.abs(got - expected).max() <= 0.02 and np.abs(got - expected).max() > 1e-5
+    assert spearmanr(got, expected).statistic >= 0.9
+
+
+def test_a_classifier_is_served_at_the_fallback_precision_and_says_why(classifier_path):
+    running, said = start_saying(MODEL_NAMES=str(classifier_path), DTYPES="int8")
+    try:
+        assert next(iter(cards(running).values()))["dtype"] == FALLBACK
+    finally:
+        running.close()
+    assert any(f"int8 is gated for embedders and rerankers only; serving it at {FALLBACK} instead" in message
+               for message in said), said

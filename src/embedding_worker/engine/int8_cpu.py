@@ -140,7 +140,11 @@ def quantisable(module: torch.nn.Module) -> str | None:
     found = encoders(module)
     if not found:
         return "int8 on a CPU covers BERT, RoBERTa, XLM-RoBERTa and MPNet encoders"
+    from embedding_worker.engine.real_tokens import supported
+
     for encoder in found:
+        if not supported(encoder):
+            return "int8 on a CPU needs the real-token path, which this encoder's configuration is outside"
         for layer in encoder.encoder.layer:
             owner, names = _projections(layer)
             linears = [getattr(owner, n) for n in names] + [layer.intermediate.dense]
@@ -182,8 +186,8 @@ def _watched(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, str]]:
     return found
 
 
-def calibrate(module: torch.nn.Module, run_texts: Any) -> _Ranges:
-    """Run `run_texts(texts)` over ACTIVATION_TEXTS, one text a call (no padding among the
+def calibrate(module: torch.nn.Module, run_text: Any) -> _Ranges:
+    """Run `run_text(text)` over ACTIVATION_TEXTS, one text a call (no padding among the
     tokens seen), watching the inputs of every layer `quantise` replaces."""
     ranges = _Ranges()
     hooks = []
@@ -194,7 +198,7 @@ def calibrate(module: torch.nn.Module, run_texts: Any) -> _Ranges:
     try:
         with torch.inference_mode():
             for text in ACTIVATION_TEXTS:
-                run_texts([text])
+                run_text(text)
     finally:
         for hook in hooks:
             hook.remove()

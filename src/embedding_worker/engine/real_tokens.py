@@ -64,7 +64,7 @@ def compute_on_real_tokens(model: Any) -> int:
     for root in torch_modules(model):
         for module in root.modules():
             swappable = type(module).__name__ in ENCODERS and "_padded_forward" not in vars(module)
-            if swappable and _supported(module):  # once, though a model object holds it twice
+            if swappable and supported(module):  # once, though a model object holds it twice
                 module._padded_forward = module.forward
                 modern = type(module).__name__ == "ModernBertModel"
                 module.forward = types.MethodType(_modernbert_forward if modern else _forward, module)
@@ -72,7 +72,8 @@ def compute_on_real_tokens(model: Any) -> int:
     return swapped
 
 
-def _supported(encoder: torch.nn.Module) -> bool:
+def supported(encoder: torch.nn.Module) -> bool:
+    """Whether the real-token path can run `encoder` (its family, configuration and device)."""
     config = encoder.config
     if type(encoder).__name__ == "ModernBertModel":
         return (getattr(config, "_attn_implementation", "sdpa") != "flash_attention_2"
