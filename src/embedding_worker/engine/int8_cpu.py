@@ -1,9 +1,10 @@
-"""int8 on a CPU for the BERT-family encoders: static, smoothed int8 products on oneDNN.
+"""int8 on a CPU for the encoders: static, smoothed int8 products on oneDNN.
 
 What `DTYPES=int8` runs on a CPU, through the quality gate (`int8_gate.py`). In each encoder
 layer the two products whose input is a layer norm's output run as int8 x int8 products on
 oneDNN's kernels (VNNI where the CPU has it): the attention's query, key and value (one
-fused product) and the feed-forward's first (its GELU fused). For each:
+fused product) and the feed-forward's first (BERT's with its GELU fused; ModernBERT's gated
+`Wi`). For each:
 
 - the weight is int8 per output channel, symmetric;
 - the input is uint8 per tensor, with a zero point, over a range calibrated once at load on
@@ -14,17 +15,18 @@ fused product) and the feed-forward's first (its GELU fused). For each:
 
 Everything else runs at the fallback precision (bfloat16 on CPUs with native bf16): the
 attention, the layer norms and the two output projections, whose inputs (the attention's
-context, the GELU's output) are not a layer norm's and which cost retrieval quality in
-int8 (docs/BENCHMARKS.md, "int8 on this CPU"). The encoder always computes on real tokens
-(`real_tokens.py`), where the fused product is used.
+context, the activation's output) are not a layer norm's and which cost retrieval quality
+in int8 (docs/BENCHMARKS.md, "int8 on this CPU"). The encoder always computes on real
+tokens (`real_tokens.py`), where the fused product is used.
 
-Covered: BERT, RoBERTa, XLM-RoBERTa, CamemBERT and MPNet encoders (`real_tokens.ENCODERS`
-but ModernBERT). Anything else is left to the gate's fallback, with the reason.
+Covered: the encoders of `real_tokens.ENCODERS` (BERT, RoBERTa, XLM-RoBERTa, CamemBERT,
+MPNet, ModernBERT) where the real-token path runs them. Anything else is left to the gate's
+fallback, with the reason.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -127,29 +129,53 @@ def _projections(layer: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, st
     return layer.attention.attn, ("q", "k", "v")
 
 
+class _Target(NamedTuple):
+    """Linear layers of one encoder layer that become one int8 product: query, key and value
+    (fused), or a single one."""
+
+    owner: torch.nn.Module
+    names: tuple[str, ...]
+    key: str  # the first one's name in the model: where its input's ranges are kept
+
+
 def encoders(module: torch.nn.Module) -> list[torch.nn.Module]:
     from embedding_worker.engine.real_tokens import ENCODERS
 
-    return [m for m in module.modules() if type(m).__name__ in ENCODERS and type(m).__name__ != "ModernBertModel"]
+    return [m for m in module.modules() if type(m).__name__ in ENCODERS]
+
+
+def _targets(module: torch.nn.Module) -> list[_Target]:
+    """What `quantise` replaces in each encoder layer of `module`: the products fed by a
+    layer norm. BERT and MPNet: query/key/value and the feed-forward's first (`intermediate`);
+    ModernBERT: `attn.Wqkv` and the gated feed-forward's `mlp.Wi`."""
+    names = {id(m): name for name, m in module.named_modules()}
+    found = []
+    for encoder in encoders(module):
+        if type(encoder).__name__ == "ModernBertModel":
+            pairs = [(owner, (name,)) for layer in encoder.layers
+                     for owner, name in ((layer.attn, "Wqkv"), (layer.mlp, "Wi"))]
+        else:
+            pairs = [pair for layer in encoder.encoder.layer
+                     for pair in (_projections(layer), (layer.intermediate, ("dense",)))]
+        found += [_Target(owner, attrs, names[id(getattr(owner, attrs[0]))]) for owner, attrs in pairs]
+    return found
 
 
 def quantisable(module: torch.nn.Module) -> str | None:
     """None where `module`'s encoders can run here; else why not, in a few words."""
+    from embedding_worker.engine.real_tokens import supported
+
     if not can_quantise():
         return "this torch build has no oneDNN int8 kernels"
     found = encoders(module)
     if not found:
-        return "int8 on a CPU covers BERT, RoBERTa, XLM-RoBERTa and MPNet encoders"
-    from embedding_worker.engine.real_tokens import supported
-
-    for encoder in found:
-        if not supported(encoder):
-            return "int8 on a CPU needs the real-token path, which this encoder's configuration is outside"
-        for layer in encoder.encoder.layer:
-            owner, names = _projections(layer)
-            linears = [getattr(owner, n) for n in names] + [layer.intermediate.dense]
-            if not all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 for m in linears):
-                return "its encoder's layers are not plain float32 linear layers"
+        return "int8 on a CPU covers BERT, RoBERTa, XLM-RoBERTa, MPNet and ModernBERT encoders"
+    if not all(supported(encoder) for encoder in found):
+        return "int8 on a CPU needs the real-token path, which this encoder's configuration is outside"
+    for target in _targets(module):
+        if not all(type(m) is torch.nn.Linear and m.weight.dtype == torch.float32
+                   for m in (getattr(target.owner, name) for name in target.names)):
+            return "its encoder's layers are not plain float32 linear layers"
     return None
 
 
@@ -174,27 +200,11 @@ class _Ranges:
         return self.low[name], self.high[name]
 
 
-def _watched(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, str]]:
-    """Each encoder layer of `module` with the names, in `module`, of its query and its first
-    feed-forward product: the inputs `quantise` quantises."""
-    names = {id(m): name for name, m in module.named_modules()}
-    found = []
-    for encoder in encoders(module):
-        for layer in encoder.encoder.layer:
-            owner, projections = _projections(layer)
-            found.append((layer, names[id(getattr(owner, projections[0]))], names[id(layer.intermediate.dense)]))
-    return found
-
-
 def calibrate(module: torch.nn.Module, run_text: Any) -> _Ranges:
     """Run `run_text(text)` over ACTIVATION_TEXTS, one text a call (no padding among the
     tokens seen), watching the inputs of every layer `quantise` replaces."""
     ranges = _Ranges()
-    hooks = []
-    for layer, query, feed_forward in _watched(module):
-        owner, projections = _projections(layer)
-        hooks += [ranges.watch(query, getattr(owner, projections[0])),
-                  ranges.watch(feed_forward, layer.intermediate.dense)]
+    hooks = [ranges.watch(target.key, getattr(target.owner, target.names[0])) for target in _targets(module)]
     try:
         with torch.inference_mode():
             for text in ACTIVATION_TEXTS:
@@ -216,24 +226,23 @@ def _smoothed(linears: list[torch.nn.Linear], low: torch.Tensor, high: torch.Ten
 
 
 def quantise(module: torch.nn.Module, ranges: _Ranges) -> int:
-    """Swap each encoder layer's query/key/value and first feed-forward product in `module`
-    (still at float32) for int8 ones calibrated by `ranges`; return how many layers."""
+    """Swap the products `_targets` finds in `module` (still at float32) for int8 ones
+    calibrated by `ranges`; return how many encoder layers."""
     from transformers.activations import GELUActivation
 
     for encoder in encoders(module):
-        encoder._real_tokens_always = True  # the fused product is used on real tokens (real_tokens.py)
-    watched = _watched(module)
-    for layer, query, feed_forward_input in watched:
-        owner, names = _projections(layer)
-        owner.qkv = _smoothed([getattr(owner, n) for n in names], *ranges.of(query))
-        for index, name in enumerate(names):
-            setattr(owner, name, _Part(owner.qkv, index))
-        feed_forward = layer.intermediate
-        act = getattr(feed_forward, "intermediate_act_fn", None)
+        encoder._real_tokens_always = True  # real_tokens.py: query/key/value fused, no padding
+    targets = _targets(module)
+    for owner, names, key in targets:
+        if len(names) == 3:  # query, key and value: one product, each a part of it for the model's own forward
+            owner.qkv = _smoothed([getattr(owner, n) for n in names], *ranges.of(key))
+            for index, name in enumerate(names):
+                setattr(owner, name, _Part(owner.qkv, index))
+            continue
+        act = getattr(owner, "intermediate_act_fn", None)  # BERT's feed-forward: its GELU fused in
         erf_gelu = (type(act) is GELUActivation and act.act is torch.nn.functional.gelu) or (
             type(act) is torch.nn.GELU and act.approximate == "none")
-        feed_forward.dense = _smoothed([feed_forward.dense], *ranges.of(feed_forward_input),
-                                       "gelu" if erf_gelu else "none")
+        setattr(owner, names[0], _smoothed([getattr(owner, names[0])], *ranges.of(key), "gelu" if erf_gelu else "none"))
         if erf_gelu:
-            feed_forward.intermediate_act_fn = torch.nn.Identity()
-    return len(watched)
+            owner.intermediate_act_fn = torch.nn.Identity()
+    return len(targets) // 2

@@ -151,7 +151,7 @@ def _modernbert_forward(self: torch.nn.Module, input_ids: torch.Tensor | None = 
         "sliding_window_mask", "position_ids", "inputs_embeds", "indices", "cu_seqlens", "max_seqlen",
         "batch_size", "seq_len", "output_attentions", "output_hidden_states"))
     worth_it = covered and (float(attention_mask.float().mean()) < REAL_SHARE_BELOW
-                            or attention_mask.shape[1] >= LONG_FROM)
+                            or attention_mask.shape[1] >= LONG_FROM or getattr(self, "_real_tokens_always", False))
     if not worth_it:
         return self._padded_forward(input_ids=input_ids, attention_mask=attention_mask, **rest)
     from transformers.modeling_outputs import BaseModelOutput
