@@ -98,7 +98,11 @@ def _fusable_gelu_feed_forward(module: torch.nn.Module) -> bool:
     children = dict(module.named_children())
     if children.keys() != {"dense", "intermediate_act_fn"} or not _packable(children["dense"]):
         return False
-    activation = children["intermediate_act_fn"]
+    return is_erf_gelu(children["intermediate_act_fn"])
+
+
+def is_erf_gelu(activation: Any) -> bool:
+    """Whether `activation` is the exact (erf) GELU, transformers' or torch's module."""
     if type(activation) is GELUActivation:
         return activation.act is torch.nn.functional.gelu
     return type(activation) is torch.nn.GELU and activation.approximate == "none"

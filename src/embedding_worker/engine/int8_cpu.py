@@ -228,7 +228,7 @@ def _smoothed(linears: list[torch.nn.Linear], low: torch.Tensor, high: torch.Ten
 def quantise(module: torch.nn.Module, ranges: _Ranges) -> int:
     """Swap the products `_targets` finds in `module` (still at float32) for int8 ones
     calibrated by `ranges`; return how many encoder layers."""
-    from transformers.activations import GELUActivation
+    from embedding_worker.engine.cpu_kernels import is_erf_gelu
 
     for encoder in encoders(module):
         encoder._real_tokens_always = True  # real_tokens.py: query/key/value fused, no padding
@@ -239,9 +239,7 @@ def quantise(module: torch.nn.Module, ranges: _Ranges) -> int:
             for index, name in enumerate(names):
                 setattr(owner, name, _Part(owner.qkv, index))
             continue
-        act = getattr(owner, "intermediate_act_fn", None)  # BERT's feed-forward: its GELU fused in
-        erf_gelu = (type(act) is GELUActivation and act.act is torch.nn.functional.gelu) or (
-            type(act) is torch.nn.GELU and act.approximate == "none")
+        erf_gelu = is_erf_gelu(getattr(owner, "intermediate_act_fn", None))  # BERT's feed-forward: GELU fused in
         setattr(owner, names[0], _smoothed([getattr(owner, names[0])], *ranges.of(key), "gelu" if erf_gelu else "none"))
         if erf_gelu:
             owner.intermediate_act_fn = torch.nn.Identity()

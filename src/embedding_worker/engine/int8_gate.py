@@ -53,13 +53,20 @@ def vectors(replica: Any, texts: list[str]) -> np.ndarray:
 
 def neighbour_overlap(reference: np.ndarray, candidate: np.ndarray) -> float:
     """The share of each sentence's NEIGHBOURS nearest others that stay the same."""
-    def nearest(matrix: np.ndarray) -> np.ndarray:
+    def similarities(matrix: np.ndarray) -> np.ndarray:
         similarity = matrix @ matrix.T
         np.fill_diagonal(similarity, -np.inf)
-        return np.argsort(-similarity, axis=1)[:, :NEIGHBOURS]
+        return similarity
 
-    ours, theirs = nearest(reference), nearest(candidate)
-    return float(np.mean([len(set(a) & set(b)) / NEIGHBOURS for a, b in zip(ours, theirs)]))
+    return top_overlap(similarities(reference), similarities(candidate))
+
+
+def top_overlap(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """The share of each row's NEIGHBOURS highest-scored columns that stay the same."""
+    def top(matrix: np.ndarray) -> np.ndarray:
+        return np.argsort(-matrix, axis=1)[:, :NEIGHBOURS]
+
+    return float(np.mean([len(set(a) & set(b)) / NEIGHBOURS for a, b in zip(top(reference), top(candidate))]))
 
 
 def documents() -> list[str]:
@@ -103,12 +110,7 @@ def _reranker_check(replica: Any, candidate: Any) -> tuple[float, float, str]:
     reference = scores(replica, pairs).reshape(queries, -1)
     quantised = scores(candidate, pairs).reshape(queries, -1)
     correlation = float(np.corrcoef(reference.ravel(), quantised.ravel())[0, 1])
-
-    def top(matrix: np.ndarray) -> np.ndarray:
-        return np.argsort(-matrix, axis=1)[:, :NEIGHBOURS]
-
-    kept = float(np.mean([len(set(a) & set(b)) / NEIGHBOURS for a, b in zip(top(reference), top(quantised))]))
-    return (correlation, kept,
+    return (correlation, top_overlap(reference, quantised),
             f"scores' correlation {{:.3f}} (gate {MIN_COSINE}), each query's top-{NEIGHBOURS} documents {{:.0%}} the "
             f"same (gate {MIN_OVERLAP:.0%}) against float32 on {queries} queries of {reference.shape[1]} documents")
 
@@ -146,8 +148,7 @@ def gate_int8(name: str, replica: Any, capabilities: set[str], fallback: str) ->
                      "feed-forward products in int8, the rest at %s", name, measured, layers, fallback)
             return "int8"
         reason = f"int8 fails its quality gate: {measured}"
-    for module in torch_modules(replica):
-        module.to({"bfloat16": torch.bfloat16}.get(fallback, torch.float32))
+    _cast(replica, fallback)
     log.warning("model %r: %s; serving it at %s instead (DTYPES=%s to choose)", name, reason, fallback, fallback)
     return fallback
 
@@ -155,7 +156,6 @@ def gate_int8(name: str, replica: Any, capabilities: set[str], fallback: str) ->
 def _to_int8(replica: Any, ranges: Any, rest: str) -> int:
     """`replica` (at float32) with its encoder layers' products in int8 and the rest at
     `rest`, on the packed kernels and real tokens (`cpu_kernels.py`, `real_tokens.py`)."""
-    import torch
 
     from embedding_worker.engine import int8_cpu
     from embedding_worker.engine.cpu_kernels import pack_linear_layers, torch_modules
@@ -163,8 +163,17 @@ def _to_int8(replica: Any, ranges: Any, rest: str) -> int:
 
     module = next(m for m in torch_modules(replica) if int8_cpu.encoders(m))
     layers = int8_cpu.quantise(module, ranges)
-    for each in torch_modules(replica):
-        each.to({"bfloat16": torch.bfloat16}.get(rest, torch.float32))
+    _cast(replica, rest)
     pack_linear_layers(replica)
     compute_on_real_tokens(replica)
     return layers
+
+
+def _cast(replica: Any, dtype: str) -> None:
+    """Every torch module of `replica` to `dtype` ("bfloat16", else float32)."""
+    import torch
+
+    from embedding_worker.engine.cpu_kernels import torch_modules
+
+    for module in torch_modules(replica):
+        module.to({"bfloat16": torch.bfloat16}.get(dtype, torch.float32))
