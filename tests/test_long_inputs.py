@@ -114,33 +114,50 @@ def test_a_batch_past_max_batch_tokens_runs_in_halves_with_the_same_vectors(long
 
 @pytest.mark.parametrize("how", ["request", "setting"])
 def test_a_document_past_the_models_limit_embedded_whole_in_windows(tiny_embedder_path, how):
-    """`chunked: true` (or LONG_INPUTS_CHUNKED=true): the text cut into windows of the 126
-    tokens the model takes besides [CLS] and [SEP], each embedded by sentence-transformers, the
-    vectors averaged by their token counts and normalised; short texts as they are; usage
-    counts every window's tokens."""
+    """`chunked: true` (or LONG_INPUTS_CHUNKED=true): the text tokenized once and cut from its
+    ids into windows of the 128 tokens the model takes less [CLS], [SEP] and the prompt's
+    tokens, each window with the prompt's ids and the special tokens around it, embedded
+    from those ids (the reference: the model's forward pass on them, never a decoded text);
+    the vectors averaged by each window's own text tokens and normalised; short texts as they
+    are; usage counts every window's tokens."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
     reference = SentenceTransformer(str(tiny_embedder_path), device="cpu")
-    long_text, short = document(400), "a short text"
-    ids = reference.tokenizer(long_text)["input_ids"][1:-1]
-    windows = [ids[i:i + 126] for i in range(0, len(ids), 126)]
-    vectors = reference.encode([reference.tokenizer.decode(w) for w in windows], normalize_embeddings=True)
-    expected = np.average(vectors, axis=0, weights=[len(w) for w in windows])
+    tokenizer = reference.tokenizer
+    prompt = "query: "
+    # long made-up words: the windows start inside words, where a decoded text would tokenize otherwise
+    long_text = " ".join(f"{word}ization{word}ness" for word in document(300).split())
+    short = "a short text"
+    cls, *prompt_ids, sep = tokenizer(prompt)["input_ids"]
+    ids = tokenizer(long_text)["input_ids"][1:-1]
+    room = 128 - 2 - len(prompt_ids)
+    windows = [ids[i:i + room] for i in range(0, len(ids), room)]
+    assert any(tokenizer.convert_ids_to_tokens(w[0]).startswith("##") for w in windows[1:])
+
+    def forward(window: list[int]) -> np.ndarray:
+        row = torch.tensor([[cls, *prompt_ids, *window, sep]])
+        features = {"input_ids": row, "attention_mask": torch.ones_like(row), "token_type_ids": torch.zeros_like(row)}
+        with torch.no_grad():
+            return reference(features)["sentence_embedding"][0].numpy()
+
+    expected = np.average([forward(w) for w in windows], axis=0, weights=[len(w) for w in windows])
     expected /= np.linalg.norm(expected)
     variables = {"LONG_INPUTS_CHUNKED": "true"} if how == "setting" else {}
     running = start_worker(MODEL_NAMES=str(tiny_embedder_path), SERVED_MODEL_NAMES="tiny", **variables)
     try:
-        body = {"model": "tiny", "input": [long_text, short], **({"chunked": True} if how == "request" else {})}
+        body = {"model": "tiny", "input": [long_text, short], "prompt": prompt,
+                **({"chunked": True} if how == "request" else {})}
         output = running.run(body)
         cut = running.run({"model": "tiny", "input": [long_text], "chunked": False})
     finally:
         running.close()
     got = np.array([item["embedding"] for item in output["data"]])
-    assert len(windows) == 4 and np.abs(got[0] - expected).max() <= 1e-5
-    assert np.abs(got[1] - reference.encode([short], normalize_embeddings=True)[0]).max() <= 1e-5
+    assert len(windows) >= 4 and np.abs(got[0] - expected).max() <= 1e-5
+    assert np.abs(got[1] - reference.encode([prompt + short], normalize_embeddings=True)[0]).max() <= 1e-5
     truncated = np.array(cut["data"][0]["embedding"])
     assert np.abs(truncated - reference.encode([long_text], normalize_embeddings=True)[0]).max() <= 1e-5
-    assert output["usage"]["prompt_tokens"] >= len(ids)  # every window's tokens
+    assert output["usage"]["prompt_tokens"] >= len(ids) + len(windows) * (2 + len(prompt_ids))  # every window's
 
 
 def test_a_token_budget_that_cannot_hold_one_input_of_the_model_refuses_to_start(long_model):

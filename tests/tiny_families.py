@@ -75,8 +75,9 @@ def qwen3_config(tokenizer, ids, **extra):
     from transformers import Qwen3Config
 
     return Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
-                       pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"], **extra)
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                       pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
+                       **{"max_position_embeddings": 128, **extra})
 
 
 def embedders(root: Path) -> dict[str, Path]:

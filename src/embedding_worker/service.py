@@ -12,7 +12,9 @@ from functools import partial
 
 import numpy as np
 
-from embedding_worker import compact, outputs
+from pydantic import BaseModel
+
+from embedding_worker import compact, outputs, pricing
 from embedding_worker.media.audio import Audio
 from embedding_worker.media.fetch import MediaLimits, prepare_media
 from embedding_worker.media.images import Images
@@ -46,16 +48,36 @@ from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hybrid.vectors import HybridText, HybridVectors
 from embedding_worker.engine.model_kind import DENSE, MULTI_VECTOR, SPARSE, RerankQuery
 from embedding_worker.engine.registry import EngineRegistry
+from embedding_worker.engine.token_inputs import TokenIds
 from embedding_worker.errors import InvalidRequest, NonFiniteOutput
 
 
 class EmbeddingService:
     def __init__(self, registry: EngineRegistry, media_limits: MediaLimits | None = None,
-                 max_output_values: int = 2**23, chunked_by_default: bool = False) -> None:
+                 max_output_values: int = 2**23, chunked_by_default: bool = False,
+                 max_request_tokens: int = 2**23) -> None:
         self.registry = registry
         self.media_limits = media_limits or MediaLimits()
         self.max_output_values = max_output_values
         self.chunked_by_default = chunked_by_default  # LONG_INPUTS_CHUNKED
+        self.pricer = pricing.RequestPricer(max_request_tokens)
+
+    async def price(self, request: BaseModel) -> int:
+        """The tokens `request` will be read as, before any work; past MAX_REQUEST_TOKENS it
+        is refused in one line (`pricing.py`)."""
+        model = self.registry.resolve(request.model)
+        prefix, chunked = "", False
+        if isinstance(request, EmbeddingRequest):
+            prefix = model.prompts.prefix(model.name, request.input_type, request.prompt_name, request.prompt)
+            chunked = self._chunked(request, model)
+        elif isinstance(request, CohereEmbedRequest):
+            prefix = _cohere_prefix(model, request)
+        return await self.pricer.charge(pricing.reading(request, model, prefix, chunked), model)
+
+    def _chunked(self, request: EmbeddingRequest, model: DeployedModel) -> bool:
+        """Whether the request's long texts are embedded whole, in windows."""
+        chunked = self.chunked_by_default if request.chunked is None else request.chunked
+        return chunked and not request.has_media and model.max_input_tokens is not None
 
     def is_classifier(self, model_name: str) -> bool:
         """Whether a standard `{"model", "input"}` job to this model means classification."""
@@ -76,8 +98,7 @@ class EmbeddingService:
         if model.embedding_types != (DENSE,) and not request.has_media:
             found, tokens = await self._hybrid_outputs(model, request, prefix, types)
         else:
-            chunked = self.chunked_by_default if request.chunked is None else request.chunked
-            if chunked and not request.has_media and model.max_input_tokens is not None:
+            if self._chunked(request, model):
                 matrix, tokens = await self._whole_documents(model, request.input, prefix)
             else:
                 matrix, tokens = await self._dense_matrix(model, request.input, prefix, request.truncate)
@@ -104,27 +125,17 @@ class EmbeddingService:
         return await self._vectors(model, texts)
 
     async def _whole_documents(self, model: DeployedModel, texts: list[str], prefix: str) -> tuple[np.ndarray, int]:
-        """Texts past the model's limit embedded whole: cut into windows of as many tokens as
-        the model takes (no overlap: each token counts once), each window embedded, and the
-        windows' vectors averaged by their token counts, then normalised where the model
-        normalises (as vLLM's chunked processing combines them); usage counts every token."""
-        ids = await asyncio.to_thread(model.token_ids, [prefix + text for text in texts])
-        before, after = model.special_tokens
-        room = model.max_input_tokens - before - after
-        windows: list[str] = []
-        owners: list[int] = []
-        weights: list[int] = []
-        for owner, (text, text_ids) in enumerate(zip(texts, ids)):
-            body = text_ids[before:len(text_ids) - after]
-            if len(text_ids) <= model.max_input_tokens:
-                pieces, counts = [prefix + text], [len(body)]
-            else:
-                chunks = [body[start:start + room] for start in range(0, len(body), room)]
-                pieces = [model.tokenizer.decode(chunk) for chunk in chunks]
-                counts = [len(chunk) for chunk in chunks]
-            windows += pieces
-            owners += [owner] * len(pieces)
-            weights += counts
+        """Texts past the model's limit embedded whole: each tokenized once and cut from its ids
+        into windows of as many tokens as the model takes besides the prompt and its special
+        tokens (no overlap: each token counts once); each window gets the prompt's ids and the
+        special tokens and is embedded from its ids, never decoded (`engine/token_inputs.py`);
+        the windows' vectors are averaged by each window's own text tokens, then normalised
+        where the model normalises (as vLLM's chunked processing combines them); usage counts
+        every window's tokens. A text that fits is embedded as it is."""
+        if not model.takes_token_ids:
+            raise InvalidRequest(f"chunked: model {model.name!r} cannot embed a text in windows of its token ids; "
+                                 "send chunked: false")
+        windows, owners, weights = await asyncio.to_thread(_windows, model, texts, prefix)
         await self.registry.start()
         vectors, tokens = await self._vectors(model, windows)
         combined = np.zeros((len(texts), vectors.shape[1]), dtype=np.float64)
@@ -147,9 +158,7 @@ class EmbeddingService:
         items = request.items
         if request.output_dimension is not None and model.embedding_dimension is not None:
             _check_dimensions(request.output_dimension, model.embedding_dimension, model.name, "output_dimension")
-        kind = request.input_type if request.input_type in COHERE_INPUT_TYPES else None
-        prompt_name = request.input_type if request.input_type in model.prompts.names else None
-        prefix = model.prompts.prefix(model.name, kind, prompt_name if kind is None else None, None)
+        prefix = _cohere_prefix(model, request)
         dimension = request.output_dimension or model.embedding_dimension
         if dimension is not None:
             outputs.require_output_budget(len(items) * dimension * len(request.embedding_types),
@@ -295,24 +304,37 @@ class EmbeddingService:
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         model = self.registry.resolve(request.model)
-        ids = await asyncio.to_thread(model.token_ids, request.input)
+        ids = await asyncio.to_thread(self._token_ids_within_budget, model, request.input)
         return TokenizeResponse(
             model=model.name,
             data=[TokenizedText(index=i, tokens=tokens, count=len(tokens)) for i, tokens in enumerate(ids)],
             max_input_tokens=model.max_input_tokens,
         )
 
+    def _token_ids_within_budget(self, model: DeployedModel, texts: list[str]) -> list[list[int]]:
+        """The texts' ids, a slice at a time, refused once they pass MAX_OUTPUT_VALUES (blocking)."""
+        ids: list[list[int]] = []
+        count = 0
+        for start in range(0, len(texts), pricing.COUNT_SLICE):
+            found = model.token_ids(texts[start:start + pricing.COUNT_SLICE])
+            count += sum(map(len, found))
+            outputs.require_output_budget(count, self.max_output_values, "token ids")
+            ids += found
+        return ids
+
     async def rerank(self, request: RerankRequest, document_objects: bool = False) -> RerankResponse:
         """`document_objects`: return documents as `{"text"}` (the /v1/rerank route's shape)."""
         model = self.registry.resolve(request.model)
         model.require("rerank")
+        instruction = request.instruction or model.prompts.prompts.get("instruction")
+        if instruction is not None and not model.traits.takes_instructions:
+            what = "scores by its token vectors" if model.traits.scores_token_vectors is not None else \
+                "is a cross-encoder"
+            raise InvalidRequest(f"instruction: model {model.name!r} {what} and takes no instruction; "
+                                 "LLM rerankers (Qwen3-Reranker, mxbai-rerank-v2) do")
         await self.registry.start()
         if model.traits.scores_token_vectors is not None:
             return await self._rerank_by_token_vectors(model, request, document_objects)
-        instruction = request.instruction or model.prompts.prompts.get("instruction")
-        if instruction is not None and not model.traits.takes_instructions:
-            raise InvalidRequest(f"instruction: model {model.name!r} is a cross-encoder and takes no instruction; "
-                                 "LLM rerankers (Qwen3-Reranker, mxbai-rerank-v2) do")
         query = RerankQuery(request.query, instruction)
         ranked, tokens = await self.registry.call(
             model,
@@ -372,6 +394,43 @@ class EmbeddingService:
 
     def list_models(self) -> ModelList:
         return ModelList(data=[_card(model) for model in self.registry.models])
+
+
+def _windows(model: DeployedModel, texts: list[str], prefix: str) -> tuple[list[str], list[int], list[int]]:
+    """Each text, or its windows of token ids; which text each came from; its own text tokens
+    (blocking: tokenizes, a slice of texts at a time)."""
+    before, after = model.special_tokens
+    marked = model.token_ids([prefix])[0]
+    head, prompt, tail = marked[:before], marked[before:len(marked) - after], marked[len(marked) - after:]
+    room = model.max_input_tokens - len(marked)
+    if room < 1:
+        raise InvalidRequest(f"prompt: leaves no room in model {model.name!r}'s {model.max_input_tokens} tokens for the "
+                             "text; send a shorter prompt")
+    windows: list[str] = []
+    owners: list[int] = []
+    weights: list[int] = []
+    for first in range(0, len(texts), pricing.COUNT_SLICE):
+        for owner, (text, ids) in enumerate(zip(texts[first:first + pricing.COUNT_SLICE],
+                                                model.token_ids(texts[first:first + pricing.COUNT_SLICE])), first):
+            body = ids[before:len(ids) - after]
+            if len(body) <= room:
+                windows.append(prefix + text)
+                owners.append(owner)
+                weights.append(len(body))
+                continue
+            for start in range(0, len(body), room):
+                chunk = body[start:start + room]
+                windows.append(TokenIds([*head, *prompt, *chunk, *tail]))
+                owners.append(owner)
+                weights.append(len(chunk))
+    return windows, owners, weights
+
+
+def _cohere_prefix(model: DeployedModel, request: CohereEmbedRequest) -> str:
+    """Cohere's `input_type` as the model's prompt: a query or document type, or a prompt by its name."""
+    kind = request.input_type if request.input_type in COHERE_INPUT_TYPES else None
+    prompt_name = request.input_type if request.input_type in model.prompts.names else None
+    return model.prompts.prefix(model.name, kind, prompt_name if kind is None else None, None)
 
 
 def _card(model: DeployedModel) -> ModelCard:

@@ -94,6 +94,9 @@ class WorkerSettings(BaseSettings):
     max_request_audio_samples: int = 100_000_000  # all a request's clips together
     max_audio_sample_rate: int = 192_000  # Hz
     max_output_values: int = 2**23  # numbers in one response: 2,048 vectors of 4,096 dimensions
+    # tokens one request is read as (prompts and rerank queries counted each time they are read): the
+    # largest body RunPod takes (30 MB) of plain text, and no field may multiply it
+    max_request_tokens: int = 2**23
     max_batch_tokens: int = 32768  # padded tokens per forward pass; 0: only BATCH_SIZES bounds a batch
     long_inputs_chunked: bool = False  # embed texts past a model's limit whole, in windows (per request: chunked)
     log_format: Literal["text", "json"] = "text"  # one line per event: plain, or a JSON object
@@ -171,6 +174,7 @@ class WorkerSettings(BaseSettings):
         "max_request_audio_samples",
         "max_audio_sample_rate",
         "max_output_values",
+        "max_request_tokens",
         "model_download_timeout",
     )
     @classmethod

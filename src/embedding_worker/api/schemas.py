@@ -224,6 +224,11 @@ class EmbeddingRequest(_Request):
     def _input(cls, value: Any, info: ValidationInfo) -> list[str | ImageInput | AudioInput]:
         return _embedding_items(value, _limits(info), info.data.get("modality", "text"))
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _bounded_text(value, _limits(info))
+
     @property
     def has_media(self) -> bool:
         """Whether `input` holds images or audio (anything not text)."""

@@ -34,6 +34,9 @@ class DeployedModel:
     traits: Traits = PLAIN  # what its kind declares it gives (`engine/kinds.py`)
     image_side: int | None = None  # pixels: the side of an image-text model's input picture
     sampling_rate: int | None = None  # Hz: what an audio-text model takes
+    # LLM rerankers: (the template's tokens around a pair, the most tokens of it the query takes)
+    pair_template: tuple[int, int] | None = None
+    takes_token_ids: bool = False  # embeds `token_inputs.TokenIds` (a long text's windows)
     health: EngineHealth = field(init=False)
     _tokenizer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -45,7 +48,12 @@ class DeployedModel:
         if self.tokenizer is None:
             raise UnsupportedTask(f"model: {self.name!r} has no tokenizer to count with")
         with self._tokenizer_lock:  # a fast tokenizer is not safe for concurrent calls
-            return self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+            return self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False,
+                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Each text's token count, special tokens included (blocking: call in a thread)."""
+        return [len(ids) for ids in self.token_ids(texts)]
 
     @cached_property
     def special_tokens(self) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from embedding_worker.engine.audio_models import fit_audio_model
 from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, private_tokenizer, self_test
 from embedding_worker.engine.model_sources import ModelLocations, resolve_model
 from embedding_worker.engine.model_sources.hub import HubAccess
+from embedding_worker.engine.token_inputs import take_token_ids
 from embedding_worker.engine.onnx_support import ensure_onnx, fix_infinity_onnx_lookup, pooling_method
 from embedding_worker.errors import ModelLoadError
 from embedding_worker.prompts import read_model_prompts
@@ -90,10 +91,12 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         fallback = "bfloat16" if hardware.cpu_native_bf16 else "float32"
         outcomes = {gate_int8(spec.name, replica, set(engine.capabilities), fallback) for replica in replicas}
         dtype = outcomes.pop() if len(outcomes) == 1 else fallback
+    takes_token_ids = False
     for replica in replicas:
         if dropped := fit_tokenizer_inputs(replica):
             log.info("model %r: its forward pass takes no %s; the tokenizer no longer emits them",
                      spec.name, ", ".join(dropped))
+        takes_token_ids = take_token_ids(replica)
         if positions := fit_text_length(replica):
             log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
         fit_audio_model(replica, hardware.device, dtype)
@@ -136,6 +139,8 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         tokenizer=private_tokenizer(replicas[0]) if replicas else None,
         traits=kind.traits if kind is not None else PLAIN,
         activation_bytes_per_token=activation_bytes_per_token(config, dtype, max_tokens),
+        pair_template=getattr(replicas[0], "pair_template", None) if replicas else None,
+        takes_token_ids=takes_token_ids,
         **_media_inputs(replicas[0] if replicas else None),
     )
 

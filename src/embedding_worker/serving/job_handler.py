@@ -109,6 +109,8 @@ class JobHandler:
                 request = ClassifyRequest.model_construct(model=request.model, input=request.input)
             else:
                 route = Route.embeddings
+        if route is not Route.models:
+            await self.service.price(request)  # every route, before any work
         if route is Route.embeddings:
             response = await self.service.embed(request)
         elif route is Route.rerank:

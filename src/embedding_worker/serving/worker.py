@@ -68,7 +68,8 @@ def build_worker(settings: WorkerSettings | None = None) -> Worker:
     registry.observe_batches(metrics().for_model)
     metrics().health_sources.append(registry.health)
     service = EmbeddingService(registry, settings.media_limits, settings.max_output_values,
-                               chunked_by_default=settings.long_inputs_chunked)
+                               chunked_by_default=settings.long_inputs_chunked,
+                               max_request_tokens=settings.max_request_tokens)
     handler = JobHandler(service, settings.runpod_max_concurrency, settings.limits)
     trimmer = MemoryTrimmer(every=settings.memory_trim_interval)
     return Worker(settings, registry, handler, trimmer.start() if settings.memory_trim_interval else trimmer)

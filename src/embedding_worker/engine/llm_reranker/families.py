@@ -1,8 +1,14 @@
 """Each LLM reranker family's prompt, as its own scoring code lays pairs out: data, not code.
 
 A pair is `prefix`, then each of `pieces` filled with the instruction, query and document
-and tokenized on its own (as the family's code tokenizes them), then `suffix`. When the
-whole is longer than `max_length`, the piece that holds the document is cut from its end.
+and tokenized on its own (as the family's code tokenizes them), then `suffix`. The request's
+text is tokenized as text (`split_special_tokens`): a document that spells out the
+template's special tokens cannot close the prompt and write its own answer. Qwen3's one
+formatted string is two pieces here, split where its tokenizer splits words anyway (before
+the space that opens the document), so that the query's piece is tokenized once per request.
+When the whole is longer than `max_length` (or the model's positions), the query's piece is
+cut first to its share (`scorer.QUERY_SHARE`), keeping the text after the query, then the
+document's piece from its end.
 `{instruction}` is `instruction_format` filled with the request's, the deployment's or the
 family's instruction, or nothing when there is none. The score is the probability of the
 `yes` token against the `no` token at the last position: sigmoid(logit(yes) - logit(no)),
@@ -32,13 +38,17 @@ class Family:
     def document_piece(self) -> int:
         return next(i for i, piece in enumerate(self.pieces) if "{document}" in piece)
 
+    @property
+    def query_piece(self) -> int:
+        return next(i for i, piece in enumerate(self.pieces) if "{query}" in piece)
+
 
 QWEN3 = Family(
     name="qwen3-reranker",
     title="Qwen3-Reranker",
     prefix=("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
             'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'),
-    pieces=("<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}",),
+    pieces=("<Instruct>: {instruction}\n<Query>: {query}\n<Document>:", " {document}"),
     suffix="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
     yes="yes",
     no="no",
