@@ -63,6 +63,12 @@ class Overloaded(WorkerError):
     status_code = 429
 
 
+class DeadlinePassed(WorkerError):
+    """A request ran past its transport's deadline (RunPod's cut of a load-balanced request)."""
+
+    status_code = 504
+
+
 class NonFiniteOutput(WorkerError):
     """The model computed NaN or infinity (a precision too narrow for it, usually)."""
 

@@ -1,14 +1,19 @@
 """The API's routes (`api/routes.py`) served over HTTP under any prefix: the local endpoint's
 `/v2/<id>/openai`, a load-balancing endpoint's root. Each request becomes an `openai_route`
 job, as RunPod's gateway makes it, answered by the worker's handler through `call`; a failed
-one is answered with OpenAI's error body and a 4xx/5xx status, and so is any other path under
-`/v1`."""
+one is answered with its route's error body (OpenAI's, or Cohere's) and a 4xx/5xx status, and
+so is any other path under `/v1`.
+
+A server's `Admission` decides from the request line and headers alone whether a request is
+taken (the worker still loading, stopping, or at its limit of requests in progress): a
+refusal is answered before a byte of the body is read, so a large body costs nothing then."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 from fastapi import APIRouter, HTTPException, Request
@@ -16,12 +21,30 @@ from fastapi.responses import JSONResponse, Response
 
 from embedding_worker.api.routes import API_ROUTES, ApiRoute
 from embedding_worker.errors import WorkerError
+from embedding_worker.serving import json_io
 from embedding_worker.serving.http_defences import error_body
 from embedding_worker.serving.job_handler import Answer
 
 # (route path as in `openai_route`, JSON body or None, request id) -> the handler's answer
 CallRoute = Callable[[str, Any, str], Awaitable[Answer | Response]]
 VERSIONED = {api.path: api.method for api in API_ROUTES if api.path.startswith("/v1/")}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request not taken: its status, one line, and when to retry (seconds)."""
+
+    status: int
+    message: str
+    retry_after: int | None = None
+
+
+class Admission(Protocol):
+    """Whether a request is taken, from its headers alone; every taken request leaves."""
+
+    async def enter(self) -> Refusal | None: ...
+
+    def leave(self) -> None: ...
 
 
 class FastJSON(JSONResponse):
@@ -31,22 +54,33 @@ class FastJSON(JSONResponse):
         return orjson.dumps(content)
 
 
-def api_router(prefix: str, call: CallRoute, dependencies: Sequence[Any] = ()) -> APIRouter:
-    """Every route of the table under `prefix`, each answered through `call`."""
+def api_router(prefix: str, call: CallRoute, dependencies: Sequence[Any] = (),
+               admission: Admission | None = None) -> APIRouter:
+    """Every route of the table under `prefix`, each taken through `admission` and answered
+    through `call`."""
     router = APIRouter(prefix=prefix, dependencies=list(dependencies))
     for api in API_ROUTES:
-        router.add_api_route(api.path, _endpoint(call, api), methods=[api.method])
+        router.add_api_route(api.path, _endpoint(call, api, admission), methods=[api.method])
     router.add_api_route("/v1/{path:path}", _unknown_path, methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
                          include_in_schema=False)
     return router
 
 
-def _endpoint(call: CallRoute, api: ApiRoute):
+def _endpoint(call: CallRoute, api: ApiRoute, admission: Admission | None):
     async def endpoint(request: Request) -> Response:
         # the id the job's log line carries, the client's own where it sent one
         request_id = request.headers.get("x-request-id", "")[:64] or f"req-{uuid.uuid4().hex[:12]}"
-        answer = await call(api.path, await json_body(request) if api.method == "POST" else None, request_id)
-        response = answer if isinstance(answer, Response) else to_response(answer, api.errors)
+        refusal = await admission.enter() if admission is not None else None
+        if refusal is not None:
+            response = refused(refusal, api.errors)
+        else:
+            try:
+                answer = await call(api.path, await json_body(request) if api.method == "POST" else None, request_id)
+            finally:
+                if admission is not None:
+                    admission.leave()
+            response = answer if isinstance(answer, Response) else await json_io.off_loop_if(
+                json_io.is_large(answer.body), lambda: to_response(answer, api.errors))
         response.headers["X-Request-Id"] = request_id
         return response
 
@@ -62,6 +96,13 @@ def to_response(answer: Answer, errors: str = "openai") -> Response:
     return FastJSON(answer.body)
 
 
+def refused(refusal: Refusal, errors: str = "openai") -> Response:
+    """A refusal in the route's error shape, with `Retry-After` where it says when."""
+    headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+    body = {"message": refusal.message} if errors == "cohere" else error_body(refusal.status, refusal.message, True)
+    return FastJSON(body, status_code=refusal.status, headers=headers)
+
+
 async def _unknown_path(path: str, request: Request) -> Response:
     route = "/v1/" + path.strip("/")
     if route in VERSIONED:  # the route exists: the method does not
@@ -72,7 +113,7 @@ async def _unknown_path(path: str, request: Request) -> Response:
 
 async def json_body(request: Request) -> Any:
     try:
-        return orjson.loads(await request.body())
+        return await json_io.loads(await request.body())
     except orjson.JSONDecodeError:
         raise HTTPException(400, "the request body is not valid JSON") from None
 

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from embedding_worker.errors import InternalError, UnsupportedTask, WorkerError
@@ -19,6 +20,7 @@ from embedding_worker.api.job_input import Job, normalize_job_input
 from embedding_worker.api.routes import Route
 from embedding_worker.api.schemas import ClassifyRequest, RequestLimits
 from embedding_worker.service import EmbeddingService
+from embedding_worker.serving import json_io
 from embedding_worker.serving.metrics import metrics
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,8 @@ class JobHandler:
             response = await self.service.cohere_embed(request)
         else:
             response = self.service.list_models()
-        return route, response.model_dump(mode="json", exclude_none=True)
+        dump = partial(response.model_dump, mode="json", exclude_none=True)
+        return route, await json_io.off_loop_if(json_io.is_large(response), dump)
 
     def concurrency_modifier(self, current_concurrency: int) -> int:
         """How many jobs to take at once: RUNPOD_MAX_CONCURRENCY while the engines have room,

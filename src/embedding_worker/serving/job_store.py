@@ -33,6 +33,8 @@ from typing import Any
 
 import orjson
 
+from embedding_worker.serving import json_io
+
 RunJob = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
@@ -192,8 +194,11 @@ class JobStore:
             return  # `cancel` has finished the job
         finally:
             await self._end_turn()
+        kept = {k: v for k, v in result.items() if k in ("output", "error")}
+        output = kept.get("output")
+        large = json_io.is_large(output[0] if isinstance(output, list) and output else output or {})
         self._finish(job, "FAILED" if "error" in result else "COMPLETED",
-                     orjson.dumps({k: v for k, v in result.items() if k in ("output", "error")}))
+                     await json_io.off_loop_if(large, lambda: orjson.dumps(kept)))
 
     def _finish(self, job: LocalJob, status: str, result_json: bytes) -> None:
         job.input = None

@@ -17,8 +17,10 @@ RunPod's contract, as its documentation states it, and how it is kept here:
   **429** with `Retry-After` at once, never held; bodies up to 30 MB (RunPod's payload cap);
   no request runs past RunPod's cut at 5.5 minutes (`DEADLINE`: 504 before it, in one line);
   `REQUEST_TIMEOUT` holds for each engine call as in queue mode.
-- SIGTERM: health answers 503 at once, requests already accepted finish, new ones get 503,
-  the engines stop, exit 0.
+- SIGTERM: health answers 503 at once, requests already accepted finish (each has its whole
+  deadline), new ones get 503, the engines stop, exit 0. SIGTERM while the models load ends
+  the load and the process at once (exit 0).
+- 429 and 503 are answered from the request's headers, before its body is read.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from embedding_worker.serving.http_api import FastJSON, api_router
+from embedding_worker.serving.http_api import FastJSON, Refusal, api_router
 from embedding_worker.serving.http_defences import RequestGuard, bind, error_body, serve
 from embedding_worker.serving.logs import print_error
 from embedding_worker.serving.job_handler import Answer
 from embedding_worker.serving.metrics import metrics, metrics_response
-from embedding_worker.serving.worker import Worker, start_worker
+from embedding_worker.errors import DeadlinePassed
+from embedding_worker.serving.worker import Worker, exit_while_loading, start_worker
 from embedding_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ log = logging.getLogger(__name__)
 HOST = "0.0.0.0"
 MAX_BODY_BYTES = 30 * 10**6  # RunPod's load balancer's payload cap
 DEADLINE = 320.0  # seconds: RunPod cuts a request at 330 (524); answer before it
-STOP_GRACE = 60.0  # seconds accepted requests have to finish after SIGTERM
+STOP_GRACE = DEADLINE + 5.0  # seconds accepted requests have to finish after SIGTERM: their whole deadline
 
 
 @dataclass
@@ -58,6 +61,24 @@ class LoadBalancerState:
     exit_code: int = 0
     in_progress: int = 0
     loading: asyncio.Task | None = field(default=None, repr=False)
+
+    async def enter(self) -> Refusal | None:
+        """Taken, or refused from the headers alone (`http_api.Admission`): stopping, loading,
+        or RUNPOD_MAX_CONCURRENCY requests in progress."""
+        if self.stopping:
+            return Refusal(503, "the worker is stopping; retry on another worker", retry_after=1)
+        if self.worker is None:
+            return Refusal(503, "the worker is still loading its models; retry shortly", retry_after=5)
+        if self.in_progress >= self.settings.runpod_max_concurrency:
+            return Refusal(429, f"the worker has {self.in_progress} requests in progress, its limit "
+                                "(RUNPOD_MAX_CONCURRENCY); retry shortly", retry_after=1)
+        self.in_progress += 1
+        metrics().in_progress.inc()
+        return None
+
+    def leave(self) -> None:
+        self.in_progress -= 1
+        metrics().in_progress.dec()
 
     def health(self) -> tuple[int, str | None]:
         """RunPod's reading: 204 loading, 200 ready, 503 (with why) unhealthy or stopping."""
@@ -80,6 +101,8 @@ def create_app(state: LoadBalancerState) -> FastAPI:
         state.loading = asyncio.create_task(_load(app, state))
         yield
         state.stopping = True
+        if not state.loading.done():
+            exit_while_loading()
         if state.worker is not None:
             await state.worker.registry.stop()
 
@@ -100,29 +123,17 @@ def create_app(state: LoadBalancerState) -> FastAPI:
         return FastJSON(body, status_code=status)
 
     async def call(path: str, body: Any, request_id: str) -> Answer | Response:
-        if state.stopping:
-            return _refuse(503, "the worker is stopping; retry on another worker", retry_after=1)
-        if state.worker is None:
-            return _refuse(503, "the worker is still loading its models; retry shortly", retry_after=5)
-        if state.in_progress >= settings.runpod_max_concurrency:
-            return _refuse(429, f"the worker has {state.in_progress} requests in progress, its limit "
-                                f"(RUNPOD_MAX_CONCURRENCY); retry shortly", retry_after=1)
         job_input: dict[str, Any] = {"openai_route": path}
         if body is not None:
             job_input["openai_input"] = body
-        state.in_progress += 1
-        metrics().in_progress.inc()
         try:
             async with asyncio.timeout(DEADLINE):
                 return await state.worker.handler.answer(job_input, request_id)
         except TimeoutError:
-            return _refuse(504, f"the request ran past {DEADLINE:g} s, RunPod's limit for a load-balanced "
-                                "request; send smaller requests")
-        finally:
-            state.in_progress -= 1
-            metrics().in_progress.dec()
+            return Answer(error=DeadlinePassed(f"the request ran past {DEADLINE:g} s, RunPod's limit for a "
+                                               "load-balanced request; send smaller requests"), openai=True)
 
-    app.include_router(api_router("", call))
+    app.include_router(api_router("", call, admission=state))
     app.add_api_route("/metrics", metrics_response, methods=["GET"], include_in_schema=False)
     return app
 
@@ -156,11 +167,6 @@ class HealthPortOnly:
             response = FastJSON({"error": f"port {self.port} serves only {self.path}"}, status_code=404)
             return await response(scope, receive, send)
         await self.app(scope, receive, send)
-
-
-def _refuse(status: int, message: str, retry_after: int | None = None) -> Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return FastJSON(error_body(status, message, True), status_code=status, headers=headers)
 
 
 async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:

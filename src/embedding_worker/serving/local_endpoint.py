@@ -27,12 +27,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from embedding_worker.serving.http_api import FastJSON, api_router, json_body
+from embedding_worker.serving.http_api import FastJSON, Refusal, api_router, json_body
 from embedding_worker.serving.http_defences import RequestGuard, error_body, looks_like_openai
 from embedding_worker.serving.job_handler import Answer, JobHandler
 from embedding_worker.serving.job_store import JobStore
 from embedding_worker.serving.metrics import metrics_response
-from embedding_worker.serving.worker import Worker
+from embedding_worker.serving.worker import Worker, exit_while_loading
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ def create_app(worker: Worker | Callable[[], Worker | None], config: LocalEndpoi
         if "worker" in state:
             await loading  # loaded already: its engines start before the first request
         yield
+        if not loading.done():
+            exit_while_loading()
         if "worker" not in state:  # it never loaded: its one line has been said
             return
         await state["jobs"].drain()  # jobs in flight finish before the engines stop
@@ -193,8 +195,22 @@ def create_app(worker: Worker | Callable[[], Worker | None], config: LocalEndpoi
             job_input["openai_input"] = body
         return await jobs().run_exclusive(handler().answer(job_input, request_id))
 
+    class WhenLoaded:
+        """The API routes wait for the models as /runsync does (LOCAL_RUNSYNC_WAIT), then
+        answer 503 with Retry-After in the route's error shape, before reading the body."""
+
+        async def enter(self) -> Refusal | None:
+            try:
+                await asyncio.wait_for(asyncio.shield(ready.wait()), config.runsync_wait)
+            except TimeoutError:
+                return Refusal(503, "the worker is still loading its models; retry shortly", retry_after=5)
+            return None if "worker" in state else Refusal(503, "the worker could not load its models")
+
+        def leave(self) -> None:
+            pass
+
     app.include_router(runpod_api)
-    app.include_router(api_router("/v2/{endpoint_id}/openai", openai_job, [Depends(authorized)]))
+    app.include_router(api_router("/v2/{endpoint_id}/openai", openai_job, [Depends(authorized)], WhenLoaded()))
     app.add_api_route("/metrics", metrics_response, methods=["GET"], include_in_schema=False)
     return app
 

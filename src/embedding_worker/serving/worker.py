@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 from embedding_worker.engine.cpu_memory import MemoryTrimmer
 from embedding_worker.engine.registry import EngineRegistry
@@ -111,6 +112,15 @@ def free_memory(device: str) -> int | None:
     from embedding_worker.engine.cpu_memory import available_memory
 
     return available_memory()
+
+
+def exit_while_loading() -> NoReturn:
+    """SIGTERM while the models load: the load runs in a thread that Python cannot stop (a
+    download, torch reading weights), so the process ends here, at once, with status 0; a
+    download cut short is taken over by the next worker (`model_sources/download.py`)."""
+    log.info("stopping while the models load: the load is abandoned")
+    logging.shutdown()
+    os._exit(0)
 
 
 def start_worker(settings: WorkerSettings | None = None) -> Worker | None:
