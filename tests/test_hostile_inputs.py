@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 
 import tiny_families
 from conftest import ROOT, start_local_endpoint
+from process_watch import PeakMemory, settle
 
 M3 = ROOT / "tests" / "data" / "hybrid" / "bge-m3"
 REFUSAL_MB = 60  # a refusal decodes nothing
@@ -85,43 +85,6 @@ def worker(tmp_path_factory):
     log = server.read_log()
     server.wait(30)
     assert "Traceback" not in log
-
-
-class PeakMemory:
-    """The worker's resident memory, sampled every 5 ms while a request runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.process, self.peak, self._running = psutil.Process(pid), 0, True
-        self.idle = self.process.memory_info().rss
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while self._running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.005)
-
-    def __enter__(self) -> PeakMemory:
-        self._sampler.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._running = False
-        self._sampler.join()
-
-    @property
-    def over_idle_mb(self) -> float:
-        return (self.peak - self.idle) / 2**20
-
-
-def settle(pid: int) -> None:
-    """Wait until the worker has handed freed memory back (MEMORY_TRIM_INTERVAL)."""
-    process, last = psutil.Process(pid), 0
-    for _ in range(40):
-        now = process.memory_info().rss
-        if abs(now - last) < 2**20:
-            return
-        last = now
-        time.sleep(0.25)
 
 
 def run(base: str, job: dict, timeout: float = 120) -> dict:

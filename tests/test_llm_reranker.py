@@ -23,18 +23,7 @@ DEPLOYED_INSTRUCTION = "Judge whether the passage names a city"
 
 @pytest.fixture(scope="module")
 def qwen3_reranker(tmp_path_factory):
-    from transformers import Qwen3ForCausalLM
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "yes", "no"]
-    tokenizer, ids = tiny_families.bpe_tokenizer(specials, "$A <|endoftext|>", "<|endoftext|>", padding_side="left",
-                                                 eos_token="<|endoftext|>")
-    folder = tmp_path_factory.mktemp("qwen3-reranker") / "model"
-    torch.manual_seed(7)
-    # positions as the real model's reach past the family's 8,192, which then cuts the pairs
-    config = tiny_families.qwen3_config(tokenizer, ids, architectures=["Qwen3ForCausalLM"], max_position_embeddings=40960)
-    Qwen3ForCausalLM(config).eval().save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_families.qwen3_reranker(tmp_path_factory.mktemp("qwen3-reranker") / "model")
 
 
 def card_scores(folder, query: str, docs: list[str], instruction: str | None = None,

@@ -67,6 +67,53 @@ def in_progress(api: str, job: dict, count: int) -> tuple[list[threading.Thread]
     return threads, replies
 
 
+def answer_to_headers(port: int, path: str, body_bytes: int) -> tuple[int, dict[str, str], float]:
+    """A POST that announces `body_bytes` but sends only its first bytes: the status, headers and
+    seconds of an answer that came without the body (a server that read it first never answers)."""
+    import socket
+
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {body_bytes}\r\n\r\n").encode()
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + b'{"model": "tiny", "input": "')
+        reply = sock.recv(65536).decode("latin-1")
+    took = time.perf_counter() - started
+    status_line, *lines = reply.split("\r\n\r\n", 1)[0].split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, took
+
+
+def test_while_loading_a_request_is_refused_before_its_body_and_sigterm_ends_the_load_at_once(
+        tiny_embedder_path, tmp_path):
+    """503 with Retry-After from the headers alone while the model downloads (a 30 MB body is
+    never read); SIGTERM during the download ends the process within 5 s, status 0."""
+    size = (tiny_embedder_path / "model.safetensors").stat().st_size
+    with StandInHub({"stand-in/slow": tiny_embedder_path}) as hub:
+        hub.add_fault(Fault("model.safetensors", rate=size / 60))  # a minute for the weights
+        worker, port, _ = start(MODEL_NAMES="stand-in/slow", HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0",
+                                HF_HOME=str(tmp_path / "home"), HF_HUB_CACHE=str(tmp_path / "home/hub"),
+                                BAKED_HF_CACHE=str(tmp_path / "none"), RUNPOD_VOLUME_DIR=str(tmp_path / "none"))
+        try:
+            with StandInLoadBalancer(port) as balancer:
+                deadline = time.monotonic() + 60
+                while 204 not in balancer.statuses():
+                    assert time.monotonic() < deadline, worker.read_log()
+                    time.sleep(0.05)
+                status, headers, took = answer_to_headers(port, "/v1/embeddings", 30 * 10**6)
+                time.sleep(1)  # into the download
+                signalled = time.monotonic()
+                worker.send_signal(signal.SIGTERM)
+                code = worker.wait(30)
+                stopped = time.monotonic() - signalled
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+    assert status == 503 and headers["retry-after"] == "5" and took < 1, (status, took)
+    assert code == 0 and stopped < 5, (code, stopped)
+    assert "Traceback" not in worker.read_log()
+
+
 def expected(sentence_transformer, texts):
     return sentence_transformer.encode(texts, normalize_embeddings=True)
 
@@ -184,12 +231,14 @@ def test_one_request_past_the_concurrency_bound_gets_429_at_once(hub_cache, tiny
             started = time.perf_counter()
             refused = httpx.post(f"{api}/v1/embeddings", json={"model": "tiny", "input": "one more"})
             took = time.perf_counter() - started
+            unread = answer_to_headers(port, "/v1/embeddings", 30 * 10**6)  # a 30 MB body, never read
             for thread in threads:
                 thread.join(300)
     finally:
         assert stop(worker) == 0
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "1" and took < 0.1, took
     assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert unread[0] == 429 and unread[1]["retry-after"] == "1" and unread[2] < 1, unread
     assert [reply.status_code for reply in replies] == [200, 200]
 
 

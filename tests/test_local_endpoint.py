@@ -7,6 +7,7 @@ bundled embedder and the tiny reranker loaded by hub id from the test cache.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -371,6 +372,56 @@ def test_a_job_sent_while_the_models_load_waits_in_queue_and_its_delay_counts_th
     assert reply["status"] == "COMPLETED" and len(reply["output"]["data"]) == 1
     assert reply["delayTime"] > 1000, reply["delayTime"]
     assert code == 0
+
+
+def test_while_loading_the_api_routes_answer_503_in_their_own_shape_and_sigterm_ends_the_load(
+        tiny_embedder_path, tmp_path):
+    """The OpenAI, Cohere and Infinity routes wait for the models as /runsync does
+    (LOCAL_RUNSYNC_WAIT), then answer 503 with Retry-After in their own error shape (never a
+    500 or a traceback); SIGTERM during the download ends the process within 5 s."""
+    from conftest import free_port
+    from stand_in_hub import Fault, StandInHub
+
+    size = (tiny_embedder_path / "model.safetensors").stat().st_size
+    log = tmp_path / "server.log"
+    with StandInHub({"stand-in/slow": tiny_embedder_path}) as hub, log.open("w") as sink:
+        hub.add_fault(Fault("model.safetensors", rate=size / 60))  # a minute for the weights
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env={**os.environ, "MODEL_NAMES": "stand-in/slow", "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+                 "HF_HOME": str(tmp_path / "home"), "HF_HUB_CACHE": str(tmp_path / "home/hub"),
+                 "BAKED_HF_CACHE": str(tmp_path / "none"), "RUNPOD_VOLUME_DIR": str(tmp_path / "none"),
+                 "LOCAL_RUNSYNC_WAIT": "1", "LOG_FORMAT": "json"})
+        api = f"http://127.0.0.1:{port}/v2/local/openai"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/v2/local/health", timeout=2)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            openai = httpx.post(f"{api}/v1/embeddings", json={"model": "stand-in/slow", "input": "hi"}, timeout=30)
+            infinity = httpx.post(f"{api}/embeddings", json={"model": "stand-in/slow", "input": "hi"}, timeout=30)
+            cohere = httpx.post(f"{api}/v2/embed", json={"model": "stand-in/slow", "texts": ["hi"]}, timeout=30)
+            signalled = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            code = server.wait(30)
+            stopped = time.monotonic() - signalled
+        finally:
+            if server.poll() is None:
+                server.kill()
+    for reply in (openai, infinity):
+        assert reply.status_code == 503 and reply.headers["Retry-After"] == "5"
+        assert reply.json()["error"]["message"] == "the worker is still loading its models; retry shortly"
+    assert cohere.status_code == 503 and cohere.json() == {"message": "the worker is still loading its models; "
+                                                                      "retry shortly"}
+    assert code == 0 and stopped < 5, (code, stopped)
+    lines = log.read_text().splitlines()
+    assert "Traceback" not in log.read_text() and all(line.startswith("{") for line in lines), lines[-5:]
 
 
 def test_a_local_endpoint_whose_models_cannot_load_exits_1_in_one_line():

@@ -80,6 +80,22 @@ def qwen3_config(tokenizer, ids, **extra):
                        **{"max_position_embeddings": 128, **extra})
 
 
+def qwen3_reranker(folder: Path) -> Path:
+    """A Qwen3-Reranker as the real one is saved (a `Qwen3ForCausalLM` and its tokenizer, with
+    positions past the family's 8,192), random and tiny."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "yes", "no"]
+    tokenizer, ids = bpe_tokenizer(specials, "$A <|endoftext|>", "<|endoftext|>", padding_side="left",
+                                   eos_token="<|endoftext|>")
+    torch.manual_seed(7)
+    config = qwen3_config(tokenizer, ids, architectures=["Qwen3ForCausalLM"], max_position_embeddings=40960)
+    Qwen3ForCausalLM(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def embedders(root: Path) -> dict[str, Path]:
     from conftest import tiny_sentence_transformer
 

@@ -22,6 +22,7 @@ without reading a token.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from embedding_worker.engine.deployed import DeployedModel
 
 EXACT_FACTOR = 4  # texts up to this many bytes per budgeted token are counted exactly
-COUNT_SLICE = 64  # texts tokenized at once when counting exactly (bounded memory)
+SLICE_CHARACTERS = 2**18  # characters tokenized at once (bounded memory), one text at least
 
 
 def token_bound(text: str) -> int:
@@ -162,12 +163,25 @@ class RequestPricer:
         return tokens
 
 
+def slices(texts: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """`texts` in consecutive slices of about SLICE_CHARACTERS, each with its first index: what
+    is tokenized at once, so that the token lists alive at a time stay bounded."""
+    start, size = 0, 0
+    for end, text in enumerate(texts):
+        if size and size + len(text) > SLICE_CHARACTERS:
+            yield start, texts[start:end]
+            start, size = end, 0
+        size += len(text)
+    if start < len(texts):
+        yield start, texts[start:]
+
+
 def _count(read: Reading, model: DeployedModel) -> int:
     """The exact tokens of `read` (blocking: in a thread), a slice of texts at a time."""
     before, after = model.special_tokens
     tokens = read.fixed
-    for start in range(0, len(read.texts), COUNT_SLICE):
-        part = read.texts[start:start + COUNT_SLICE]
-        counts = model.token_counts([text for text, _ in part])
-        tokens += sum(times * (count - before - after) for (_, times), count in zip(part, counts))
+    for start, part in slices([text for text, _ in read.texts]):
+        counts = model.token_counts(part)
+        tokens += sum(times * (count - before - after)
+                      for (_, times), count in zip(read.texts[start:start + len(part)], counts))
     return tokens

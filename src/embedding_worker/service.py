@@ -315,8 +315,8 @@ class EmbeddingService:
         """The texts' ids, a slice at a time, refused once they pass MAX_OUTPUT_VALUES (blocking)."""
         ids: list[list[int]] = []
         count = 0
-        for start in range(0, len(texts), pricing.COUNT_SLICE):
-            found = model.token_ids(texts[start:start + pricing.COUNT_SLICE])
+        for _, part in pricing.slices(texts):
+            found = model.token_ids(part)
             count += sum(map(len, found))
             outputs.require_output_budget(count, self.max_output_values, "token ids")
             ids += found
@@ -409,9 +409,8 @@ def _windows(model: DeployedModel, texts: list[str], prefix: str) -> tuple[list[
     windows: list[str] = []
     owners: list[int] = []
     weights: list[int] = []
-    for first in range(0, len(texts), pricing.COUNT_SLICE):
-        for owner, (text, ids) in enumerate(zip(texts[first:first + pricing.COUNT_SLICE],
-                                                model.token_ids(texts[first:first + pricing.COUNT_SLICE])), first):
+    for first, part in pricing.slices(texts):
+        for owner, (text, ids) in enumerate(zip(part, model.token_ids(part)), first):
             body = ids[before:len(ids) - after]
             if len(body) <= room:
                 windows.append(prefix + text)
