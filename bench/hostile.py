@@ -65,7 +65,7 @@ def _serve(tree: Path, variables: dict[str, str]) -> tuple[subprocess.Popen, str
 
 
 def _measure(server: subprocess.Popen, base: str, job: dict) -> dict:
-    from test_hostile_inputs import PeakMemory, settle
+    from process_watch import PeakMemory, settle
 
     settle(server.pid)
     started = time.perf_counter()

@@ -200,3 +200,30 @@ def test_health_answers_while_a_long_request_works(hostile):
         reply = answer(base, {"model": "tiny", "input": [WORDS] * 20, "chunked": True})
     assert reply["status"] == "COMPLETED"
     assert health.worst < HEALTH_SECONDS, health.worst
+
+
+def test_admission_weighs_a_request_by_its_tokens_not_its_items():
+    """Against an engine measured at 1,000 tokens/s and REQUEST_TIMEOUT=300: behind one short
+    text in flight a short request is admitted; behind one document of 300,000 tokens the same
+    request, still the second item, is refused, in one line that counts tokens."""
+    from types import SimpleNamespace
+
+    from embedding_worker.engine.health import EngineHealth, work_units
+    from embedding_worker.engine.registry import EngineRegistry
+    from embedding_worker.errors import Overloaded
+
+    registry = EngineRegistry.__new__(EngineRegistry)
+    registry._timeout, registry._queue_size = 300.0, 48_000
+    health = EngineHealth("m")
+    health.throughput = 1000.0
+    model = SimpleNamespace(name="m", health=health)
+    request = work_units("a short text")
+    health.admit(1, work_units("another short text"))
+    registry._admit(model, 1, request)
+    health.finish(1, work_units("another short text"))
+    document = "word " * 60_000
+    health.admit(1, work_units(document))
+    assert health.expected_wait() == pytest.approx(300.001)
+    with pytest.raises(Overloaded, match=r"300,014 tokens of work would take about 300 s at 1,000 tokens/s, more "
+                                         r"than 300 s \(REQUEST_TIMEOUT\)"):
+        registry._admit(model, 1, request)

@@ -218,7 +218,7 @@ class EmbeddingService:
         return found, tokens
 
     async def _hybrid_vectors(self, model: DeployedModel, texts: list[str]) -> tuple[list[HybridVectors], int]:
-        found, tokens = await self.registry.call(model, lambda: model.engine.embed(texts), len(texts))
+        found, tokens = await self.registry.call(model, lambda: model.engine.embed(texts), texts)
         for vectors in found:
             for values in (vectors.dense, vectors.multi_vector, None if vectors.sparse is None else vectors.sparse[1]):
                 if values is not None:
@@ -262,7 +262,7 @@ class EmbeddingService:
         for pictures_or_clips in prepared:
             async for decoded in pictures_or_clips.batches(model.spec.batch_size):
                 batch, kind = list(decoded.values()), pictures_or_clips.kind.name
-                vectors, _ = await self.registry.call(model, partial(embed[kind], batch), len(batch))
+                vectors, _ = await self.registry.call(model, partial(embed[kind], batch), batch)
                 matrix = np.asarray(vectors, dtype=np.float32)
                 _require_finite(matrix, model)
                 rows.update(zip(decoded, matrix))
@@ -271,7 +271,7 @@ class EmbeddingService:
         return matrix, tokens
 
     async def _vectors(self, model: DeployedModel, texts: list[str]) -> tuple[np.ndarray, int]:
-        vectors, tokens = await self.registry.call(model, lambda: model.engine.embed(texts), len(texts))
+        vectors, tokens = await self.registry.call(model, lambda: model.engine.embed(texts), texts)
         matrix = np.asarray(vectors, dtype=np.float32)
         _require_finite(matrix, model)
         model.embedding_dimension = matrix.shape[1]
@@ -339,7 +339,7 @@ class EmbeddingService:
         ranked, tokens = await self.registry.call(
             model,
             lambda: model.engine.rerank(query=query, docs=request.docs, raw_scores=request.raw_scores),
-            len(request.docs),
+            [(query, document) for document in request.docs],
         )
         _require_finite(np.fromiter((item.relevance_score for item in ranked), np.float32), model)
         # Infinity sorts by score and keeps each document's own position in `index`.
@@ -373,7 +373,7 @@ class EmbeddingService:
         model.require("classify")
         await self.registry.start()
         predictions, tokens = await self.registry.call(
-            model, lambda: model.engine.classify(sentences=request.input), len(request.input)
+            model, lambda: model.engine.classify(sentences=request.input), request.input
         )
         _require_finite(np.array([p["score"] for labels in predictions for p in labels], np.float32), model)
         return ClassifyResponse(

@@ -18,6 +18,11 @@ threads. `EngineHealth.attach` wraps those stages so that the serving loop learn
 
 A request queued behind others is not a sign of a dead engine. An engine is stuck only when
 it holds work and has finished no batch for REQUEST_TIMEOUT seconds.
+
+Work is counted in tokens as the request's price counts them (`work_units`: a text's bound,
+a pair's two texts, a window's ids, a picture or clip as MEDIA_UNITS), both when a request is
+admitted and as the pipeline finishes batches, so the expected wait (backlog over throughput)
+weighs a long document as the long document it is, not as one item.
 """
 
 from __future__ import annotations
@@ -27,16 +32,30 @@ import gc
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
 from embedding_worker.engine.infinity_internals import replicas
+from embedding_worker.engine.token_inputs import TokenIds
+from embedding_worker.pricing import token_bound
 
 log = logging.getLogger(__name__)
 
 PIPELINE_STAGES = ("encode_pre", "encode_core", "encode_post")  # each runs in its own thread
 THROUGHPUT_SMOOTHING = 0.3  # weight of the newest batch in the throughput average
+MEDIA_UNITS = 256  # a picture or a clip weighs as a text of this many tokens (a ViT's patches, about)
+
+
+def work_units(item: Any) -> int:
+    """What one engine input weighs, in tokens as priced."""
+    if isinstance(item, TokenIds):
+        return len(item.ids)
+    if isinstance(item, str):
+        return token_bound(item)
+    if isinstance(item, tuple):  # a rerank pair
+        return sum(work_units(part) for part in item)
+    return MEDIA_UNITS
 
 
 class EngineHealth:
@@ -47,14 +66,19 @@ class EngineHealth:
         self.name = name
         self.failure: str | None = None  # why the engine can no longer answer
         self.items_in_flight = 0  # admitted for requests still waiting for their answer
+        self.units_in_flight = 0  # their work, in tokens (`work_units`)
         self.busy_since: float | None = None  # when the backlog last rose from 0
         self.last_progress = 0.0  # when the engine last finished a batch
         self.started_items = 0  # items that entered the pipeline (pre-processing thread only)
         self.completed_items = 0  # items the pipeline finished
-        self.throughput: float | None = None  # items/s while busy; None until measured
+        self.started_units = 0  # their work (pre-processing thread only)
+        self.completed_units = 0
+        self.throughput: float | None = None  # work units (tokens) per second while busy; None until measured
         self.oom_retries = 0  # forward passes that ran out of memory and were split
         self.max_batch_tokens: int | None = None  # MAX_BATCH_TOKENS: padded tokens per forward pass
         self._orphan_mark = 0  # items that had entered the pipeline when a request last gave up
+        self._orphan_units = 0  # their work
+        self._batch_units: deque[int] = deque()  # each batch's work, from pre-processing to its results
         self._failed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -84,7 +108,10 @@ class EngineHealth:
     def _counting(self, run: Callable) -> Callable:
         def counting(items, *args, **kwargs):
             features = run(items, *args, **kwargs)
+            units = sum(map(work_units, items))
+            self._batch_units.append(units)  # the pipeline keeps batches in order
             self.started_items += len(items)
+            self.started_units += units
             return features
 
         return counting
@@ -92,7 +119,8 @@ class EngineHealth:
     def _reporting(self, run: Callable) -> Callable:
         def reporting(*args, **kwargs):
             results = run(*args, **kwargs)
-            self._loop.call_soon_threadsafe(self._progress, len(results))
+            units = self._batch_units.popleft() if self._batch_units else len(results)
+            self._loop.call_soon_threadsafe(self._progress, len(results), units)
             return results
 
         return reporting
@@ -123,15 +151,16 @@ class EngineHealth:
 
         return forward
 
-    def _progress(self, items: int) -> None:
+    def _progress(self, items: int, units: int) -> None:
         now = time.monotonic()
         since = max(self.last_progress, self.busy_since or now)
-        if now > since and items:
-            sample = items / (now - since)
+        if now > since and units:
+            sample = units / (now - since)
             self.throughput = sample if self.throughput is None else (
                 THROUGHPUT_SMOOTHING * sample + (1 - THROUGHPUT_SMOOTHING) * self.throughput)
         self.last_progress = now
         self.completed_items += items
+        self.completed_units += units
         if self.backlog == 0:
             self.busy_since = None
 
@@ -152,28 +181,36 @@ class EngineHealth:
         and those of requests that gave up but had already entered a batch."""
         return self.items_in_flight + max(0, self._orphan_mark - self.completed_items)
 
-    def expected_wait(self, extra_items: int = 0) -> float | None:
-        """Seconds to finish the backlog plus `extra_items`, at the measured throughput."""
+    @property
+    def backlog_units(self) -> int:
+        """The backlog's work, in tokens (`work_units`)."""
+        return self.units_in_flight + max(0, self._orphan_units - self.completed_units)
+
+    def expected_wait(self, extra_units: int = 0) -> float | None:
+        """Seconds to finish the backlog plus `extra_units` of work, at the measured throughput."""
         if not self.throughput:
             return None
-        return (self.backlog + extra_items) / self.throughput
+        return (self.backlog_units + extra_units) / self.throughput
 
-    def admit(self, items: int) -> None:
+    def admit(self, items: int, units: int) -> None:
         if self.backlog == 0:
             self.busy_since = time.monotonic()
         self.items_in_flight += items
+        self.units_in_flight += units
 
-    def finish(self, items: int) -> None:
+    def finish(self, items: int, units: int) -> None:
         self.items_in_flight -= items
+        self.units_in_flight -= units
         if self.backlog == 0:
             self.busy_since = None
 
-    def abandon(self, items: int) -> None:
+    def abandon(self, items: int, units: int) -> None:
         """A request gave up (its deadline passed): Infinity drops its items still queued,
         but computes those already in a batch, which stay in the backlog until everything
         that had entered the pipeline by now has come out."""
         self._orphan_mark = max(self._orphan_mark, self.started_items)
-        self.finish(items)
+        self._orphan_units = max(self._orphan_units, self.started_units)
+        self.finish(items, units)
 
     def stuck(self, timeout: float) -> bool:
         """It holds work and has finished no batch for `timeout` seconds."""

@@ -7,8 +7,9 @@ are not daemons).
 
 Every engine call goes through `call`, which keeps the worker honest under load:
 - admission: a request is refused at once, with a retry-later error, when it would take
-  the model past INFINITY_QUEUE_SIZE items in flight, or when the backlog at the measured
-  throughput would take longer than REQUEST_TIMEOUT to clear;
+  the model past INFINITY_QUEUE_SIZE items in flight, or when the backlog, counted in
+  tokens (`health.work_units`), at the measured throughput would take longer than
+  REQUEST_TIMEOUT to clear;
 - each request has its own deadline, REQUEST_TIMEOUT from admission; past it the request
   fails with a clear message, its queued items are dropped, and nothing else is inferred;
   a request whose job is cancelled drops its queued items the same way;
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from embedding_worker.errors import (
     EngineFailure,
@@ -34,6 +35,7 @@ from embedding_worker.errors import (
 )
 from embedding_worker.engine.batching import BatchObserver, use_full_batches
 from embedding_worker.engine.deployed import DeployedModel
+from embedding_worker.engine.health import work_units
 from embedding_worker.engine.hardware import Hardware
 from embedding_worker.engine.loading import LoadOptions, load_model
 from embedding_worker.engine.model_sources import ModelLocations
@@ -133,28 +135,30 @@ class EngineRegistry:
             asyncio.run(self.stop())
 
     async def call(
-        self, model: DeployedModel, work: Callable[[], Awaitable[ResultT]], items: int
+        self, model: DeployedModel, work: Callable[[], Awaitable[ResultT]], inputs: Sequence[Any]
     ) -> ResultT:
-        """Run `work()` on the model's engine for `items` inputs, bounded as the module says."""
+        """Run `work()` on the model's engine for `inputs` (what it hands the engine: texts,
+        pairs, pictures), bounded as the module says."""
         health = model.health
+        items, units = len(inputs), sum(map(work_units, inputs))
         self._refuse_if_failed(model)
-        self._admit(model, items)
-        health.admit(items)
+        self._admit(model, items, units)
+        health.admit(items, units)
         task = asyncio.ensure_future(work())
         failed = asyncio.ensure_future(health.wait_failed())
         try:
             await asyncio.wait({task, failed}, timeout=self._timeout, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the job was cancelled: its queued items are dropped
             task.cancel()
-            health.abandon(items)
+            health.abandon(items, units)
             raise
         finally:
             failed.cancel()
         if task.done():
-            health.finish(items)
+            health.finish(items, units)
             return task.result()
         task.cancel()  # Infinity skips the cancelled items still in its queue
-        health.abandon(items)
+        health.abandon(items, units)
         self._refuse_if_failed(model)
         if health.stuck(self._timeout):
             health.mark_failed(f"its engine finished no batch in {self._timeout:g} s while it had work")
@@ -164,7 +168,7 @@ class EngineRegistry:
             "it is busy; retry later or send smaller requests"
         )
 
-    def _admit(self, model: DeployedModel, items: int) -> None:
+    def _admit(self, model: DeployedModel, items: int, units: int) -> None:
         """Refuse work that would overflow the queue or could not finish in time."""
         health = model.health
         # Counted here, not read from Infinity's queue: items reach that queue only after
@@ -174,11 +178,11 @@ class EngineRegistry:
                 f"model {model.name!r} is overloaded: {health.backlog} items in flight, this "
                 f"request adds {items}, the limit is {self._queue_size} (INFINITY_QUEUE_SIZE); retry later"
             )
-        wait = health.expected_wait(items)
+        wait = health.expected_wait(units)
         if wait is not None and wait > self._timeout and health.backlog:
             raise Overloaded(
-                f"model {model.name!r} is overloaded: {health.backlog + items} items would take "
-                f"about {wait:.0f} s at {health.throughput:.0f} items/s, more than {self._timeout:g} s "
+                f"model {model.name!r} is overloaded: {health.backlog_units + units:,} tokens of work would take "
+                f"about {wait:.0f} s at {health.throughput:,.0f} tokens/s, more than {self._timeout:g} s "
                 "(REQUEST_TIMEOUT); retry later"
             )
 
