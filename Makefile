@@ -4,7 +4,7 @@
 #   make test   set everything up, then run the whole test suite
 # and
 #   make serve  the bundled model behind a local endpoint with RunPod's URLs (port 8000)
-#   make serve-lb   the bundled model as RunPod's load-balancing endpoint type runs it (port 8000)
+#   make serve-lb   the bundled model as RunPod's load-balancing endpoint type runs it (127.0.0.1, PORT or 8000)
 #   make bench  the benchmarks, written to docs/BENCHMARKS.md
 #   make gpu-bundle   .gpu/: what the GPU check needs on a bare GPU machine (README, "The GPU check")
 #   make gpu-dry-run  that check end to end on this CPU, in a Python 3.12 environment laid out
@@ -39,9 +39,10 @@ run: bundled-model
 serve: bundled-model
 	HF_HOME=$(HF_HOME_LOCAL) HF_HUB_OFFLINE=1 MODEL_NAMES=$(BUNDLED_MODEL) $(PY) src/local_endpoint.py
 
+PORT ?= 8000
 serve-lb: bundled-model
-	HF_HOME=$(HF_HOME_LOCAL) HF_HUB_OFFLINE=1 MODEL_NAMES=$(BUNDLED_MODEL) ENDPOINT_TYPE=load_balancer PORT=8000 \
-		$(PY) src/handler.py
+	HF_HOME=$(HF_HOME_LOCAL) HF_HUB_OFFLINE=1 MODEL_NAMES=$(BUNDLED_MODEL) ENDPOINT_TYPE=load_balancer \
+		HOST=127.0.0.1 PORT=$(PORT) $(PY) src/handler.py
 
 bench: bundled-model
 	$(PY) bench/run.py

@@ -64,6 +64,19 @@ async def drive(call, batches: list[list[str]], concurrency: int) -> dict:
             **percentiles(latencies), "this_process_cpu_share": round(cpu / elapsed / psutil.cpu_count(), 3)}
 
 
+def cosines(reference, vectors):
+    """Each row's cosine to its reference row, both normalised again in float32 (vectors
+    normalised in a narrower precision are a little off unit length: their dot products are not
+    cosines, and can pass 1)."""
+    import numpy as np
+
+    def unit(matrix):
+        matrix = np.asarray(matrix, dtype=np.float32)
+        return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+    return np.sum(unit(reference) * unit(vectors), axis=1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ import statistics
 import numpy as np
 import orjson
 
-from common import MODEL, corpus
+from common import MODEL, corpus, cosines
 from limit import matmul_peak, text_flop
 from servers import Targets
 from throughput import measure
@@ -66,7 +66,7 @@ def precisions(rounds: int = 3, scale: float = 1.0) -> dict:
             for precision, targets in fleet.items():
                 for name in SERVERS:
                     vectors = await _vectors(targets, name, CALIBRATION_TEXTS)
-                    cosine = np.sum(reference * vectors, axis=1)
+                    cosine = cosines(reference, vectors)
                     quality[precision, name] = {"min_cosine": round(float(cosine.min()), 4),
                                                 "mean_cosine": round(float(cosine.mean()), 4),
                                                 "top10_same": round(neighbour_overlap(reference, vectors), 3)}

@@ -78,6 +78,10 @@ def _measure(server: subprocess.Popen, base: str, job: dict) -> dict:
         outcome = stopped
     elif server.poll() is not None:
         outcome = "the worker died"
+    elif reply.get("status") in ("IN_QUEUE", "IN_PROGRESS"):
+        outcome = f"still working after {seconds:.0f} s"
+        server.kill()
+        server.wait(30)
     elif reply.get("status") == "COMPLETED":
         output = reply["output"][0] if isinstance(reply["output"], list) else reply["output"]
         outcome = f"answered: {len(output.get('data') or output.get('results'))} entries"
@@ -115,7 +119,8 @@ def priced(rounds: int = 5) -> dict:
                        capture_output=True)
         try:
             variables = {**_models(scratch), "MAX_OUTPUT_VALUES": "1000000", "DTYPES": "float32",
-                         "MEMORY_TRIM_INTERVAL": "0.2", "MAX_REQUEST_TOKENS": "1000000"}
+                         "MEMORY_TRIM_INTERVAL": "0.2", "MAX_REQUEST_TOKENS": "1000000",
+                         "LOCAL_RUNSYNC_WAIT": str(STOP_SECONDS + 30)}
             rows: dict[str, dict] = {name: {"input": name} for name in CASES}
             for label, tree in (("before", before), ("after", ROOT)):
                 server, base = _serve(tree, variables)

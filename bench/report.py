@@ -52,6 +52,12 @@ def _rows(table: dict, reference: str, first: str = "target", last: tuple[str, s
     return lines
 
 
+def priced_stop() -> str:
+    from priced import STOP_GB, STOP_SECONDS
+
+    return f"{STOP_GB:g} GB over idle or {STOP_SECONDS:g} s"
+
+
 def markdown(results: dict) -> str:
     hw = results["hardware"]
     lines = [
@@ -265,6 +271,27 @@ def markdown(results: dict) -> str:
                   f"cache, {cost['seconds']} s); each downloaded or copied file is hashed once, from disk, before "
                   f"it is published: BGE-M3's 2.27 GB of weights add {cost['bge_m3_seconds']} s to its first cold "
                   "start, none to later ones (their size is checked)."]
+    if "priced" in results:
+        pr, cost = results["priced"], results["priced"]["pricing_cost"]
+        lines += ["", "## Every request priced", "",
+                  "This round's hostile corpus (`tests/test_request_price.py`, which asserts each bound), each request "
+                  "sent to the local endpoint of this tree and of the tree before requests were priced (commit "
+                  f"{pr['before']}), serving all-MiniLM-L6-v2, a one-layer BERT of its width, a tiny BERT cross-encoder, "
+                  "a tiny Qwen3-Reranker and a tiny ColBERT at float32 with `MAX_REQUEST_TOKENS=1000000` and "
+                  "`MAX_OUTPUT_VALUES=1000000`: peak RSS of the worker's process over its idle RSS (sampled every "
+                  "5 ms), the time to the answer or the refusal, and the worst time `/health` took, asked every 20 ms "
+                  f"meanwhile. A request still working at {priced_stop()} is stopped and its worker started again.", "",
+                  "| input | before: MB over idle | before: s | before: health ms | before: outcome | after: MB over idle "
+                  "| after: s | after: health ms | after: outcome |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in pr["rows"]:
+            cells = [f"{row[side]['peak_mb']:,} | {row[side]['seconds']} | {row[side]['health_worst_ms']} | "
+                     f"{row[side]['outcome']}" for side in ("before", "after")]
+            lines.append(f"| {row['input']} | {cells[0]} | {cells[1]} |")
+        rounds = ", ".join(f"{r['before']:.1f} / {r['after']:.1f}" for r in cost["requests_per_s"])
+        lines += ["", f"What pricing costs: short sentences ({cost['shape']}, all-MiniLM-L6-v2 at bfloat16) through "
+                  "both trees' local endpoints `/runsync`, up at once, in interleaved rounds (the first tree "
+                  f"alternating): after/before requests/s median {cost['ratio_median']}x (rounds from "
+                  f"{cost['ratio_min']}x to {cost['ratio_max']}x; requests/s before / after by round: {rounds})."]
     if "long_inputs" in results:
         lg = results["long_inputs"]
         lines += ["", "## Long inputs", "",

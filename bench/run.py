@@ -7,7 +7,7 @@
 
 Writes docs/benchmarks.json, docs/benchmarks.png and docs/BENCHMARKS.md. One module per
 measurement: `throughput` (with `servers` and `peers`), `batching`, `cold_start`, `quality`, `load`,
-`serving_profile`, `compute`, `images`, `faults`, `hostile`, `long_inputs`, `int8`, `limit`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
+`serving_profile`, `compute`, `images`, `faults`, `hostile`, `priced`, `long_inputs`, `int8`, `limit`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
 loaded offline from `.cache/huggingface` (`make bundled-model` puts it there).
 """
 
@@ -39,6 +39,7 @@ import int8  # noqa: E402
 import limit  # noqa: E402
 import long_inputs  # noqa: E402
 import precisions  # noqa: E402
+import priced  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
 import workloads  # noqa: E402
@@ -46,7 +47,7 @@ from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
          "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "audio",
-         "faults", "hybrid", "hostile", "latency", "long inputs", "int8", "limit", "precisions"]
+         "faults", "hybrid", "hostile", "priced", "latency", "long inputs", "int8", "limit", "precisions"]
 
 
 def auto_dtype() -> str:
@@ -116,6 +117,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "hybrid": lambda: {"hybrid": hybrid.hybrid(auto_dtype(), rounds, scale)},
         "faults": lambda: {"faults": faults.faults()},
         "hostile": lambda: {"hostile": hostile.hostile()},
+        "priced": lambda: {"priced": priced.priced(rounds)},
         "latency": lambda: latency(scale, rounds),
         "long inputs": lambda: {"long_inputs": long_inputs.long_inputs()},
         "int8": lambda: {"int8": int8.int8()},

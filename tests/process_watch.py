@@ -47,7 +47,11 @@ class HealthLatency:
         with httpx.Client(timeout=30) as client:
             while self._running:
                 started = time.perf_counter()
-                self.statuses.add(client.get(self.url).status_code)
+                try:
+                    self.statuses.add(client.get(self.url).status_code)
+                except httpx.TransportError:  # the worker is gone (killed, or stopped): nothing more to time
+                    self.statuses.add(None)
+                    return
                 self.worst = max(self.worst, time.perf_counter() - started)
                 time.sleep(0.02)
 

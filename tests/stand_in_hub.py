@@ -40,6 +40,7 @@ class Fault:
     error_code: str | None = None  # X-Error-Code with the status
     cut_after: int | None = None  # send this many bytes of the body, then drop the connection
     stall: float | None = None  # send half the body, then wait this long before the rest
+    release: threading.Event | None = None  # with stall: the rest goes when this is set (stall: at most)
     rate: float | None = None  # bytes per second for the body
     listed_size: int | None = None  # the file list says the file is this large
 
@@ -204,7 +205,10 @@ def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
                 elif fault.stall is not None:
                     self.wfile.write(data[:len(data) // 2])
                     self.wfile.flush()
-                    time.sleep(fault.stall)
+                    if fault.release is not None:
+                        fault.release.wait(fault.stall)
+                    else:
+                        time.sleep(fault.stall)
                     self.wfile.write(data[len(data) // 2:])
                 else:
                     step = max(1, int(fault.rate / 20))

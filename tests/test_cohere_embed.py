@@ -51,3 +51,9 @@ def test_input_type_picks_the_models_prompts(worker):
     vectors = {kind: cohere(worker, {"texts": ["same"], "input_type": kind})["embeddings"]["float"][0]
                for kind in ("search_query", "search_document", "classification", "clustering")}
     assert len({tuple(v) for v in vectors.values()}) == 1
+
+
+def test_the_jobs_log_line_counts_cohere_texts(worker, caplog):
+    with caplog.at_level("INFO", logger="embedding_worker"):
+        cohere(worker, {"texts": ["one text"]})
+    assert "/v2/embed, model sentence-transformers/all-MiniLM-L6-v2, 1 items" in caplog.text

@@ -65,7 +65,9 @@ def test_long_input_is_truncated_to_the_model_maximum(worker, sentence_transform
     body = worker.run(standard_job(text))
     expected = sentence_transformer.encode([text], normalize_embeddings=True)[0]
     assert np.abs(np.array(body["data"][0]["embedding"]) - expected).max() <= 1e-5
-    assert body["usage"]["prompt_tokens"] == sentence_transformer.tokenizer.model_max_length
+    # the text tokens the model read, as for a short text: its limit less [CLS] and [SEP]
+    assert body["usage"]["prompt_tokens"] == sentence_transformer.max_seq_length - 2 == 254
+    assert worker.run(standard_job("Hello, world!"))["usage"]["prompt_tokens"] == 4
 
 
 def test_many_concurrent_requests_each_get_their_own_vectors(worker, sentence_transformer):

@@ -262,6 +262,8 @@ def test_sigterm_in_the_middle_of_8_requests_loses_none(hub_cache, tiny_embedder
     assert all(len(reply.json()["data"]) == 256 for reply in replies)
     assert code == 0 and after != 200
     assert 200 not in [status for at, status in balancer.health if at > balancer.health[-1][0] - 0.2]
+    log = worker.read_log()
+    assert "stopping: health answers 503; 8 request(s) in progress finish first" in log and "stopped:" in log
 
 
 def test_a_failed_engine_turns_health_to_503_naming_it(tiny_embedder_path):

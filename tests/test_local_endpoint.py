@@ -205,6 +205,14 @@ def test_one_error_shape_per_api_family_on_every_route_and_method(endpoint):
     assert runpod_routes[0].json()["error"] == "GET is not allowed on /v2/local/runsync; use POST"
     unwrapped = httpx.post(f"{endpoint}/runsync", json={"model": EMBEDDER_ID, "input": ["a"]}, headers=headers)
     assert unwrapped.status_code == 400 and "looks like the request itself" in unwrapped.json()["error"]
+    # Cohere's routes: Cohere's {"message"}, for a bad request and a wrong method alike
+    cohere = [httpx.get(f"{endpoint}/openai/v2/embed", headers=headers),
+              httpx.post(f"{endpoint}/openai/v2/rerank", json={"model": RERANKER_ID, "query": "q"}, headers=headers),
+              httpx.post(f"{endpoint}/openai/v2/embed", json={"model": EMBEDDER_ID}, headers=headers)]
+    assert [reply.status_code for reply in cohere] == [405, 400, 400]
+    assert all(set(reply.json()) == {"message"} for reply in cohere), [reply.text for reply in cohere]
+    assert cohere[0].json()["message"] == "GET is not allowed on /v2/local/openai/v2/embed; use POST"
+    assert httpx.get(f"{endpoint}/metrics").status_code == 200  # the endpoint's own prefix serves them too
 
 
 def test_cors_preflight_is_answered_for_local_pages_and_refused_for_others(endpoint):
@@ -321,7 +329,7 @@ def test_readme_snippet_runs_against_the_local_endpoint(endpoint, name):
 
     code = re.search(rf"<!-- snippet: {name} -->\s*```python\n(.*?)```", README, re.S).group(1)
     code = code.replace("http://127.0.0.1:8000", endpoint.removesuffix("/v2/local"))
-    code = code.replace("BAAI/bge-reranker-base", RERANKER_ID)  # the README's reranker, served by a tiny one
+    assert "BAAI/bge-reranker-base" not in code  # every snippet runs against `make serve`, as written
     done = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "RUNPOD_API_KEY": API_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
@@ -442,11 +450,10 @@ def test_readme_curl_lines_run_as_written(endpoint):
         pytest.skip("curl is not installed")
     script = re.search(r"<!-- snippet: curl -->\s*```bash\n(.*?)```", README, re.S).group(1)
     script = script.replace("http://127.0.0.1:8000", endpoint.removesuffix("/v2/local"))
-    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script.replace("curl -s", "curl -sS --fail-with-body")
-                           .replace("; curl", "; echo; curl") + "\necho"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "RUNPOD_API_KEY": API_KEY})
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script.replace("curl -s", "curl -sS --fail-with-body")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "RUNPOD_API_KEY": API_KEY})
     assert done.returncode == 0, done.stderr
-    bodies = [json.loads(line) for line in done.stdout.replace("}{", "}\n{").splitlines() if line.strip()]
+    bodies = [json.loads(line) for line in done.stdout.splitlines()]  # one JSON body a line, as it says
     assert [body.get("status") for body in bodies[:2]] == ["COMPLETED", "COMPLETED"]
     assert len(bodies[0]["output"]["data"]) == 1 and len(bodies[1]["output"]["data"]) == 2
     assert bodies[2]["object"] == "list" and len(bodies[2]["data"][0]["embedding"]) == 384

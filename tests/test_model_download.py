@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -459,16 +460,22 @@ def test_a_file_list_naming_paths_outside_the_cache_fails_in_one_line_and_writes
 def test_a_writer_stalled_past_the_stale_time_is_taken_over_and_the_published_file_is_the_hubs(
         hub, places, tiny_embedder_path):
     """Two workers, one cache: the first stalls mid-file past STALE_AFTER (here 2 s); the
-    second takes its part file over and finishes; the first sees its file renamed at its next
-    write and ends with the published file. Both blobs are the hub's bytes."""
+    second takes its part file over and resumes it; only then does the first's transfer go on
+    (the hub holds it until the second's request has come, however slowly the second starts),
+    and the first sees its file renamed at its next write and ends with the published file.
+    Both blobs are the hub's bytes."""
     size = (tiny_embedder_path / WEIGHTS).stat().st_size
-    hub.add_fault(Fault(WEIGHTS, stall=6.0))  # the first transfer: half, a 6 s stall, the rest
+    release = threading.Event()
+    hub.add_fault(Fault(WEIGHTS, stall=120.0, release=release))  # the first transfer: half, then held
     blobs = repo_folder(places.download_cache, REPO) / "blobs"
     first = download_in_a_process(hub, places.download_cache, stale_after=2.0)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not _stalled_part(blobs, size // 2, 2.5):
         time.sleep(0.05)
     second = download_in_a_process(hub, places.download_cache, stale_after=2.0)
+    while time.monotonic() < deadline + 60 and len(weights_gets(hub)) < 2 and second.poll() is None:
+        time.sleep(0.05)
+    release.set()
     results = [worker.communicate(timeout=120) for worker in (second, first)]
     for worker, (_, stderr) in zip((second, first), results):
         assert worker.returncode == 0, stderr[-2000:]

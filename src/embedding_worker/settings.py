@@ -102,6 +102,7 @@ class WorkerSettings(BaseSettings):
     log_format: Literal["text", "json"] = "text"  # one line per event: plain, or a JSON object
     # RunPod's two endpoint types: jobs from its queue, or HTTP straight from its load balancer
     endpoint_type: Literal["queue", "load_balancer"] = "queue"
+    host: str = "0.0.0.0"  # load_balancer: the address to listen on (RunPod's load balancer reaches every one)
     port: int = 80  # load_balancer: the API's port (RunPod's PORT)
     port_health: int | None = None  # load_balancer: the health route's port; None: PORT
     health_check_path: str = "/ping"  # load_balancer: what RunPod polls

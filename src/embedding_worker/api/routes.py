@@ -37,10 +37,19 @@ API_ROUTES = (
     ApiRoute("/v1/rerank", Route.rerank),
     ApiRoute("/v1/classify", Route.classify),
     ApiRoute("/v1/tokenize", Route.tokenize),
-    ApiRoute("/v2/rerank", Route.rerank),  # Cohere's v2 rerank (its newer SDKs, LiteLLM's cohere/): same body
+    ApiRoute("/v2/rerank", Route.rerank, errors="cohere"),  # Cohere's v2 rerank (its newer SDKs, LiteLLM's cohere/)
     ApiRoute("/v2/embed", Route.cohere_embed, errors="cohere"),  # Cohere's embed (ClientV2.embed, LiteLLM's cohere/)
     # Infinity's own server's un-versioned routes (LiteLLM's infinity/ provider)
     ApiRoute("/rerank", Route.rerank, document_objects=False),
     ApiRoute("/embeddings", Route.embeddings),
 )
 BY_PATH = {api.path: api for api in API_ROUTES}
+
+
+def error_shape(path: str) -> str:
+    """The error shape of an HTTP path that ends in a route of the table (`/v2/local/openai/v2/embed`:
+    Cohere's); OpenAI's for any other."""
+    for api in sorted(API_ROUTES, key=lambda api: -len(api.path)):  # /v2/rerank before /rerank
+        if path.rstrip("/").endswith(api.path):
+            return api.errors
+    return "openai"

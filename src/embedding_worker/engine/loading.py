@@ -15,7 +15,13 @@ from embedding_worker.engine.infinity_internals import replicas as replicas_of
 from embedding_worker.engine.int8_gate import gate_int8
 from embedding_worker.engine.kinds import PLAIN, find_kind
 from embedding_worker.engine.audio_models import fit_audio_model
-from embedding_worker.engine.model_checks import fit_text_length, fit_tokenizer_inputs, private_tokenizer, self_test
+from embedding_worker.engine.model_checks import (
+    count_usage_as_read,
+    fit_text_length,
+    fit_tokenizer_inputs,
+    private_tokenizer,
+    self_test,
+)
 from embedding_worker.engine.model_sources import ModelLocations, resolve_model
 from embedding_worker.engine.model_sources.hub import HubAccess
 from embedding_worker.engine.token_inputs import take_token_ids
@@ -126,7 +132,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         time.perf_counter() - started,
     )
     dimension, max_tokens = _describe(engine)
-    return DeployedModel(
+    model = DeployedModel(
         spec=spec,
         engine=engine,
         created=int(time.time()),
@@ -143,6 +149,10 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         takes_token_ids=takes_token_ids,
         **_media_inputs(replicas[0] if replicas else None),
     )
+    if max_tokens and model.tokenizer is not None:
+        for replica in replicas:
+            count_usage_as_read(replica, max_tokens - sum(model.special_tokens))
+    return model
 
 
 def activation_bytes_per_token(config: dict, dtype: str, max_input_tokens: int | None = None) -> int | None:

@@ -57,6 +57,16 @@ def fit_text_length(model_object: Any) -> int | None:
     return None
 
 
+def count_usage_as_read(model_object: Any, room: int) -> None:
+    """Usage counts the text tokens the model reads, special tokens aside: a text cut at the
+    model's limit counts the `room` its special tokens leave (254 of a 256-token model's), as
+    a short one counts its own tokens. Infinity's count cuts at the tokenizer's length,
+    special tokens aside."""
+    lengths = getattr(model_object, "tokenize_lengths", None)
+    if callable(lengths) and room > 0:
+        model_object.tokenize_lengths = lambda sentences: [min(n, room) for n in lengths(sentences)]
+
+
 def self_test(model_name: str, model_object: Any, capabilities: set[str], architecture: str) -> float:
     """Run one tiny input through the pipeline stages; return the seconds it took."""
     started = time.perf_counter()

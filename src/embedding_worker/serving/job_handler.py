@@ -86,7 +86,7 @@ class JobHandler:
             log.exception("job %s failed unexpectedly", job_id or "-")
             answer = Answer(error=InternalError(f"internal error: {type(exc).__name__}: {exc}"), openai=openai)
         request = getattr(parsed, "request", None)
-        items = getattr(request, "docs", None) or getattr(request, "input", None) or ()
+        items = _items(request)
         label = _label(route or (parsed.route if parsed else None))
         model = _short(getattr(request, "model", "-"))
         seconds = time.perf_counter() - started
@@ -135,6 +135,14 @@ class JobHandler:
         failing it; more again as the backlog drains."""
         headroom = 1.0 - self.service.registry.fullness()
         return max(1, min(self.max_concurrency, math.floor(self.max_concurrency * headroom)))
+
+
+def _items(request: Any) -> list:
+    """What a request's log line counts: its documents, inputs, or Cohere's texts, images or inputs."""
+    for name in ("docs", "input", "texts", "images", "inputs"):
+        if (found := getattr(request, name, None)) is not None:
+            return found
+    return []
 
 
 def _label(route: Route | None) -> str:

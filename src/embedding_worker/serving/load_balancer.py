@@ -36,6 +36,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from embedding_worker.api.routes import error_shape
 from embedding_worker.serving.http_api import FastJSON, Refusal, api_router
 from embedding_worker.serving.http_defences import RequestGuard, bind, error_body, serve
 from embedding_worker.serving.logs import print_error
@@ -47,7 +48,6 @@ from embedding_worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-HOST = "0.0.0.0"
 MAX_BODY_BYTES = 30 * 10**6  # RunPod's load balancer's payload cap
 DEADLINE = 320.0  # seconds: RunPod cuts a request at 330 (524); answer before it
 STOP_GRACE = DEADLINE + 5.0  # seconds accepted requests have to finish after SIGTERM: their whole deadline
@@ -105,6 +105,7 @@ def create_app(state: LoadBalancerState) -> FastAPI:
             exit_while_loading()
         if state.worker is not None:
             await state.worker.registry.stop()
+            log.info("stopped: the engines are down")
 
     app = FastAPI(title="Infinity Embedding Worker (load-balancing endpoint)", lifespan=lifespan,
                   default_response_class=FastJSON, docs_url=None, redoc_url=None, openapi_url=None,
@@ -179,6 +180,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
         message = f"{request.method} is not allowed on {request.url.path}; use {(exc.headers or {}).get('Allow')}"
     elif exc.status_code == 404 and message == "Not Found":
         message = f"{request.url.path} is not served here; the API is under /v1/ (embeddings, models, rerank, ...)"
+    if error_shape(request.url.path) == "cohere":  # Cohere's routes answer {"message"}, whatever went wrong
+        return FastJSON({"message": message}, status_code=exc.status_code, headers=exc.headers)
     return FastJSON(error_body(exc.status_code, message, True), status_code=exc.status_code, headers=exc.headers)
 
 
@@ -187,7 +190,7 @@ def serve_load_balancer(settings: WorkerSettings) -> int:
     they have; return the exit status."""
     ports = [settings.port] + ([settings.port_health] if settings.port_health not in (None, settings.port) else [])
     try:
-        sockets = [bind(HOST, port, "PORT (or PORT_HEALTH)") for port in ports]
+        sockets = [bind(settings.host, port, "PORT (or PORT_HEALTH)") for port in ports]
     except OSError as exc:
         print_error(str(exc))
         return 1
@@ -196,6 +199,9 @@ def serve_load_balancer(settings: WorkerSettings) -> int:
              settings.port, settings.health_check_path, ports[-1], len(settings.models))
 
     def stopping() -> None:
+        if not state.stopping:
+            log.info("stopping: health answers 503; %d request(s) in progress finish first (up to %g s)",
+                     state.in_progress, STOP_GRACE)
         state.stopping = True
 
     app = create_app(state)

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from embedding_worker.api.routes import error_shape
 from embedding_worker.serving.http_api import FastJSON, Refusal, api_router, json_body
 from embedding_worker.serving.http_defences import RequestGuard, error_body, looks_like_openai
 from embedding_worker.serving.job_handler import Answer, JobHandler
@@ -212,6 +213,7 @@ def create_app(worker: Worker | Callable[[], Worker | None], config: LocalEndpoi
     app.include_router(runpod_api)
     app.include_router(api_router("/v2/{endpoint_id}/openai", openai_job, [Depends(authorized)], WhenLoaded()))
     app.add_api_route("/metrics", metrics_response, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/v2/{endpoint_id}/metrics", metrics_response, methods=["GET"], include_in_schema=False)
     return app
 
 
@@ -242,4 +244,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
                    f"\"{request.base_url}v2/local/openai/v1\")" if openai else
                    f"{path} is not served here; the API is under /v2/<endpoint id>/ "
                    "(runsync, run, status, stream, cancel, purge-queue, health, openai/v1/...)")
+    if error_shape(path) == "cohere":  # Cohere's routes answer {"message"}, whatever went wrong
+        return FastJSON({"message": message}, status_code=exc.status_code, headers=exc.headers)
     return FastJSON(error_body(exc.status_code, message, openai), status_code=exc.status_code, headers=exc.headers)
