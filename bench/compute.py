@@ -19,7 +19,7 @@ from common import MODEL, corpus
 def hardware() -> dict:
     import torch
 
-    from embedding_worker.engine.cpu_quota import available_cpus, cpu_quota
+    from embedding_worker.engine.cpu.quota import available_cpus, cpu_quota
     from embedding_worker.engine.hardware import cpu_has_native_bf16
     from embedding_worker.serving.runpod_patches import cpu_name
 
@@ -54,13 +54,13 @@ def payloads() -> dict:
 def flops(auto_dtype: str, rounds: int = 8) -> dict:
     """At float32 and at `auto_dtype`: GEMM FLOP/s at the model's shapes, the FLOP/s the model
     achieves at batch 32 with torch's linear layers and with the worker's packed ones
-    (`engine/cpu_kernels.py`, timed in interleaved rounds), and where a forward pass's time goes
+    (`engine/cpu/kernels.py`, timed in interleaved rounds), and where a forward pass's time goes
     (torch profiler, by operator kind). No serving path can pass the model's compute."""
     import torch
     from huggingface_hub import snapshot_download
     from sentence_transformers import SentenceTransformer
 
-    from embedding_worker.engine.cpu_kernels import pack_linear_layers
+    from embedding_worker.engine.cpu.kernels import pack_linear_layers
 
     path = snapshot_download(MODEL, local_files_only=True)
     texts = corpus(32)
@@ -194,8 +194,8 @@ def workload_profile(auto_dtype: str, rounds: int = 5) -> dict:
     from sentence_transformers import SentenceTransformer
 
     import workloads
-    from embedding_worker.engine.cpu_kernels import pack_linear_layers
-    from embedding_worker.engine.real_tokens import compute_on_real_tokens
+    from embedding_worker.engine.cpu.kernels import pack_linear_layers
+    from embedding_worker.engine.cpu.real_tokens import compute_on_real_tokens
 
     dtype = getattr(torch, auto_dtype)
     texts = [t for _, batch in workloads.requests_for(workloads.WORKLOADS[0], 1.0)[:8] for t in batch]

@@ -1,5 +1,5 @@
 """What int8 can and cannot buy on this CPU, for all-MiniLM-L6-v2: the quality of each
-quantisation scheme against float32 on the int8 gate's corpus (`engine/int8_gate.py`), and
+quantisation scheme against float32 on the int8 gate's corpus (`engine/cpu/int8_gate.py`), and
 the speed of the matrix products each scheme needs, at the model's shapes, beside bfloat16's
 packed kernels (what the worker runs); interleaved rounds, medians.
 
@@ -8,7 +8,7 @@ tensor at run time, 7-bit), the same with weights per output channel, and W8A8 w
 per output channel and activations per token (emulated for quality: each linear layer's
 weights and inputs rounded to int8 and back), with all layers in int8, with the feed-forward
 output projections left in bfloat16, and with the attention's output projections too; and
-the worker's own (`engine/int8_cpu.py`), run for real. Then the forward pass: the worker's
+the worker's own (`engine/cpu/int8.py`), run for real. Then the forward pass: the worker's
 int8 against its bfloat16 and float32."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def quality() -> dict:
     from sentence_transformers import SentenceTransformer
 
     from embedding_worker.compact import CALIBRATION_TEXTS
-    from embedding_worker.engine.int8_gate import MIN_COSINE, MIN_OVERLAP, neighbour_overlap
+    from embedding_worker.engine.cpu.int8_gate import MIN_COSINE, MIN_OVERLAP, neighbour_overlap
 
     warnings.filterwarnings("ignore", category=UserWarning)
     base = SentenceTransformer(snapshot_download(MODEL, local_files_only=True), device="cpu")
@@ -152,7 +152,7 @@ def _layer_variants(k: int, n: int) -> tuple[dict, float | None]:
         a, scale = q(xb)
         return d(torch._int_mm(a, w_int8), scale)
 
-    from embedding_worker.engine.int8_cpu import Int8Linear
+    from embedding_worker.engine.cpu.int8 import Int8Linear
 
     worker_int8 = Int8Linear(weight, bias, torch.ones(k), float(x.min()), float(x.max()))
     variants = {
@@ -176,9 +176,9 @@ def _layer_variants(k: int, n: int) -> tuple[dict, float | None]:
 
 
 def _worker_int8(base, rest: str):
-    """`base` (float32) as `DTYPES=int8` serves it (`engine/int8_cpu.py`), the rest at `rest`."""
-    from embedding_worker.engine import int8_cpu
-    from embedding_worker.engine.int8_gate import _to_int8
+    """`base` (float32) as `DTYPES=int8` serves it (`engine/cpu/int8.py`), the rest at `rest`."""
+    from embedding_worker.engine.cpu import int8 as int8_cpu
+    from embedding_worker.engine.cpu.int8_gate import _to_int8
 
     model = copy.deepcopy(base)
     ranges = int8_cpu.calibrate(model, lambda texts: model.forward(model.tokenize(texts)))
@@ -196,8 +196,8 @@ def forward_passes(rounds: int = 5) -> dict:
     from sentence_transformers import SentenceTransformer
 
     import workloads
-    from embedding_worker.engine.cpu_kernels import pack_linear_layers
-    from embedding_worker.engine.real_tokens import compute_on_real_tokens
+    from embedding_worker.engine.cpu.kernels import pack_linear_layers
+    from embedding_worker.engine.cpu.real_tokens import compute_on_real_tokens
 
     base = SentenceTransformer(snapshot_download(MODEL, local_files_only=True), device="cpu")
 

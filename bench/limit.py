@@ -64,8 +64,8 @@ def limit(rounds: int = 3, scale: float = 1.0) -> dict:
     from huggingface_hub import snapshot_download
     from sentence_transformers import SentenceTransformer
 
-    from embedding_worker.engine.cpu_kernels import pack_linear_layers
-    from embedding_worker.engine.real_tokens import compute_on_real_tokens
+    from embedding_worker.engine.cpu.kernels import pack_linear_layers
+    from embedding_worker.engine.cpu.real_tokens import compute_on_real_tokens
     from servers import Targets
 
     model = SentenceTransformer(snapshot_download(MODEL, local_files_only=True), device="cpu").to(torch.bfloat16)

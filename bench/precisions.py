@@ -44,7 +44,7 @@ def precisions(rounds: int = 3, scale: float = 1.0) -> dict:
     from sentence_transformers import SentenceTransformer
 
     from embedding_worker.compact import CALIBRATION_TEXTS
-    from embedding_worker.engine.int8_gate import neighbour_overlap
+    from embedding_worker.engine.cpu.int8_gate import neighbour_overlap
 
     reference_model = SentenceTransformer(snapshot_download(MODEL, local_files_only=True), device="cpu")
     reference = reference_model.encode(CALIBRATION_TEXTS, normalize_embeddings=True)

@@ -326,7 +326,7 @@ def markdown(results: dict) -> str:
         q, mp, fw = results["int8"]["quality"], results["int8"]["matrix_products"], results["int8"]["forward"]
         lines += ["", "## int8 on this CPU", "",
                   f"all-MiniLM-L6-v2 against float32 on the int8 gate's {q['sentences']} sentences "
-                  f"(`engine/int8_gate.py`: every vector within cosine {q['gate']['min_cosine']}, top-10 neighbours "
+                  f"(`engine/cpu/int8_gate.py`: every vector within cosine {q['gate']['min_cosine']}, top-10 neighbours "
                   f"at least {q['gate']['top10_same']:.0%} the same). W8A8 rows are emulated (weights and inputs of "
                   "each linear layer rounded to int8 and back) to measure quality alone.", "",
                   "| scheme | min cosine | mean cosine | top-10 the same | passes the gate |", "|---|---|---|---|---|"]

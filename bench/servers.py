@@ -25,10 +25,12 @@ PEERS = ("original worker", "infinity server")
 
 class Targets:
     def __init__(self, names: list[str], dtype: str, original_dtype: str = "auto",
-                 env: dict[str, str] | None = None, models: tuple[str, ...] = (MODEL,)) -> None:
+                 env: dict[str, str] | None = None, models: tuple[str, ...] = (MODEL,), dimension: int = 384) -> None:
         """`dtype`: this worker's and Infinity's server's DTYPES; `original_dtype`: the original's;
-        `env`: more variables for this worker's servers; `models`: what every target serves."""
+        `env`: more variables for this worker's servers; `models`: what every target serves (the
+        first is embedded, of `dimension`). "local openai" is the local endpoint's OpenAI route."""
         self.names = names
+        self.dimension = dimension
         self.models = models
         self.env = {"MODEL_NAMES": ";".join(models), **(env or {})}
         self.dtype = dtype
@@ -42,7 +44,8 @@ class Targets:
     def start_processes(self) -> None:
         env = {**ENV, "DTYPES": self.dtype, **self.env}
         for name in self.names:
-            if name == "local endpoint":
+            if name in ("local endpoint", "local openai") and "local endpoint" not in self.processes:
+                name = "local endpoint"
                 port = free_port()
                 self.processes[name] = subprocess.Popen(
                     [sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=ROOT, env=env,
@@ -119,23 +122,28 @@ class Targets:
         """`async call(texts)` that embeds `texts` through target `name` and checks the reply."""
         client = self.client
 
+        model = self.models[0]
+        served = "/".join(model.rstrip("/").split("/")[-2:]) if name in PEERS and model != MODEL else model
+
         def check(data: list, texts: list[str]) -> None:
-            assert len(data) == len(texts) and len(data[-1]["embedding"]) == 384, name
+            assert len(data) == len(texts) and len(data[-1]["embedding"]) == self.dimension, name
 
         if name == "in-process engine":
-            engine = self.worker.registry.resolve(MODEL).engine
+            engine = self.worker.registry.resolve(model).engine
 
             async def call(texts: list[str]) -> None:
                 await engine.embed(texts)
         elif name == "production loop":
             async def call(texts: list[str]) -> None:
-                result = await self.job_api.submit({"model": MODEL, "input": texts})
+                result = await self.job_api.submit({"model": model, "input": texts})
                 check(result["output"]["data"], texts)
-        elif name in ("infinity server", "load balancer"):
-            url = f"{self.urls[name]}/embeddings" if name == "infinity server" else f"{self.urls[name]}/v1/embeddings"
+        elif name in ("infinity server", "load balancer", "local openai"):
+            url = {"infinity server": f"{self.urls.get(name)}/embeddings",
+                   "load balancer": f"{self.urls.get(name)}/v1/embeddings",
+                   "local openai": f"{self.urls.get('local endpoint')}/openai/v1/embeddings"}[name]
 
             async def call(texts: list[str]) -> None:
-                reply = await client.post(url, content=orjson.dumps({"model": MODEL, "input": texts,
+                reply = await client.post(url, content=orjson.dumps({"model": served, "input": texts,
                                                                      "encoding_format": "float"}),
                                           headers={"content-type": "application/json"})
                 check(orjson.loads(reply.content)["data"], texts)
@@ -143,7 +151,7 @@ class Targets:
             url = f"{self.urls[name]}/runsync"
 
             async def call(texts: list[str]) -> None:
-                body = orjson.dumps({"input": {"model": MODEL, "input": texts}})
+                body = orjson.dumps({"input": {"model": served, "input": texts}})
                 reply = await client.post(url, content=body, headers={"content-type": "application/json"})
                 check(orjson.loads(reply.content)["output"]["data"], texts)
 

@@ -10,7 +10,7 @@ from sentence_transformers import SentenceTransformer
 
 from conftest import CLASSIFIER_NAME, EMBEDDER_ID, RERANKER_ID, start_worker
 from embedding_worker.engine import hardware
-from embedding_worker.engine.cpu_kernels import PackedLinear, can_pack, pack_linear_layers, torch_modules
+from embedding_worker.engine.cpu.kernels import PackedLinear, can_pack, pack_linear_layers, torch_modules
 
 pytestmark = pytest.mark.skipif(not can_pack(), reason="this torch build has no oneDNN linear kernels")
 

@@ -10,7 +10,7 @@ import sys
 import threading
 
 from conftest import ROOT
-from embedding_worker.engine.cpu_memory import MemoryTrimmer, glibc_trim
+from embedding_worker.engine.cpu.memory import MemoryTrimmer, glibc_trim
 
 
 def test_freed_memory_is_handed_back_periodically():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from embedding_worker.engine.cpu_quota import THREAD_VARIABLES, available_cpus, cpu_quota, limit_threads
+from embedding_worker.engine.cpu.quota import THREAD_VARIABLES, available_cpus, cpu_quota, limit_threads
 
 
 def cgroup_v2(tmp_path: Path, cpu_max: str) -> Path:

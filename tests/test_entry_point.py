@@ -195,7 +195,7 @@ def test_a_corrupt_model_exits_1_within_seconds_naming_it(tmp_path: Path, embedd
 ENGINE_ENVIRONMENT = """
 import sys
 sys.path.insert(0, "src")
-from embedding_worker.engine import cpu_quota
+from embedding_worker.engine.cpu import quota as cpu_quota
 cpu_quota.cpu_quota = lambda *args: 1.0  # a container allowed one CPU
 from embedding_worker.serving.worker import start_worker
 worker = start_worker()

@@ -1,5 +1,5 @@
 """DTYPES=int8 on a CPU is never silently worse: an embedder's encoder is quantised
-(engine/int8_cpu.py) only if its vectors stay within cosine 0.99 of float32 and its top-10
+(engine/cpu/int8.py) only if its vectors stay within cosine 0.99 of float32 and its top-10
 neighbours 95 % the same on a fixed corpus; all-MiniLM-L6-v2 passes. A model that fails, or
 that int8 does not cover, is served at bfloat16 (float32 without native bf16), and the
 start-up line says what was measured or why."""
@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional
 
 from conftest import EMBEDDER_ID, start_worker
-from embedding_worker.engine import int8_cpu, int8_gate
+from embedding_worker.engine.cpu import int8 as int8_cpu, int8_gate
 from embedding_worker.engine.hardware import cpu_has_native_bf16
 
 TEXTS = ["Hello, world!", "The quick brown fox jumps over the lazy dog.",
@@ -36,7 +36,7 @@ def start_saying(**variables: str) -> tuple[object, list[str]]:
     said: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: said.append(record.getMessage())
-    gate_log = logging.getLogger("embedding_worker.engine.int8_gate")  # its own: the worker resets the root's
+    gate_log = logging.getLogger("embedding_worker.engine.cpu.int8_gate")  # its own: the worker resets the root's
     gate_log.addHandler(handler)
     try:
         return start_worker(**variables), said

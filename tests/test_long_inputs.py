@@ -196,7 +196,7 @@ def test_the_default_token_budget_is_sized_from_the_models_shape_and_the_devices
 
 
 def test_free_memory_is_the_least_of_the_systems_and_the_containers(tmp_path):
-    from embedding_worker.engine.cpu_memory import available_memory
+    from embedding_worker.engine.cpu.memory import available_memory
 
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 25000000 kB\nMemAvailable:   20000000 kB\n")

@@ -13,9 +13,9 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 import tiny_families
 from conftest import EMBEDDER_ID, RERANKER_ID
-from embedding_worker.engine import real_tokens
-from embedding_worker.engine.cpu_kernels import pack_linear_layers
-from embedding_worker.engine.real_tokens import compute_on_real_tokens
+from embedding_worker.engine.cpu import real_tokens
+from embedding_worker.engine.cpu.kernels import pack_linear_layers
+from embedding_worker.engine.cpu.real_tokens import compute_on_real_tokens
 
 WORDS = "the a cat sat on mat while dogs ran through parks and rivers under stars".split()
 RNG = random.Random(3)

@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from embedding_worker.engine.cpu_quota import available_cpus, limit_threads
-from embedding_worker.engine.cpu_memory import bound_kernel_caches
+from embedding_worker.engine.cpu.quota import available_cpus, limit_threads
+from embedding_worker.engine.cpu.memory import bound_kernel_caches
 from embedding_worker.errors import SettingsError
 from embedding_worker.engine.hardware import Device
 from embedding_worker.media.fetch import MediaLimits

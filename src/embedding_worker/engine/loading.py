@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.hardware import Hardware, choose_dtype, model_config
 from embedding_worker.engine.infinity_internals import replicas as replicas_of
-from embedding_worker.engine.int8_gate import gate_int8
+from embedding_worker.engine.cpu.int8_gate import gate_int8
 from embedding_worker.engine.kinds import PLAIN, find_kind
 from embedding_worker.engine.audio_models import fit_audio_model
 from embedding_worker.engine.model_checks import (
@@ -42,7 +42,7 @@ class LoadOptions:
 
     onnx_quantized: bool = False
     trust_remote_code: bool = False
-    pack_cpu_weights: bool = True  # engine/cpu_kernels.py
+    pack_cpu_weights: bool = True  # engine/cpu/kernels.py
     download_timeout: float = 300.0  # MODEL_DOWNLOAD_TIMEOUT: how long a download may go without progress
 
 
@@ -90,7 +90,7 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         dtype = "int8" if options.onnx_quantized else "float32"
     replicas = replicas_of(engine)
     if hardware.device == "cpu":
-        from embedding_worker.engine.long_attention import use_blocked_attention
+        from embedding_worker.engine.cpu.long_attention import use_blocked_attention
 
         use_blocked_attention()
     if gated_int8:
@@ -107,8 +107,8 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
             log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
         fit_audio_model(replica, hardware.device, dtype)
         if options.pack_cpu_weights and spec.backend is Backend.torch and hardware.device == "cpu" and dtype != "int8":
-            from embedding_worker.engine.cpu_kernels import pack_linear_layers
-            from embedding_worker.engine.real_tokens import compute_on_real_tokens
+            from embedding_worker.engine.cpu.kernels import pack_linear_layers
+            from embedding_worker.engine.cpu.real_tokens import compute_on_real_tokens
 
             packed = pack_linear_layers(replica)
             encoders = compute_on_real_tokens(replica) if getattr(replica, "real_tokens_safe", True) else 0

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
-from embedding_worker.engine.cpu_memory import MemoryTrimmer
+from embedding_worker.engine.cpu.memory import MemoryTrimmer
 from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.engine.loading import LoadOptions
 from embedding_worker.errors import SettingsError, WorkerError
@@ -109,7 +109,7 @@ def free_memory(device: str) -> int | None:
         import torch
 
         return int(torch.cuda.mem_get_info()[0])
-    from embedding_worker.engine.cpu_memory import available_memory
+    from embedding_worker.engine.cpu.memory import available_memory
 
     return available_memory()
 

@@ -42,7 +42,7 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 class _Encoder(BaseEmbedder):
     capabilities = {"embed"}
-    real_tokens_safe = True  # engine/real_tokens.py may drop padding inside the encoder
+    real_tokens_safe = True  # engine/cpu/real_tokens.py may drop padding inside the encoder
     dimension: int  # of the dense vector, each token vector, or the sparse vocabulary
     max_length: int | None  # tokens a text is cut to
 

@@ -7,7 +7,7 @@ ModernBERT, and the cross-encoders and sentence-transformers built on them), `co
 the encoder's forward pass for one that:
 - embeds the padded batch (positions and token types stay those of the padded layout);
 - keeps only the real tokens, one `[tokens, hidden]` matrix for the whole batch, through
-  every linear layer, layer norm and feed-forward (the packed kernels of `cpu_kernels.py`
+  every linear layer, layer norm and feed-forward (the packed kernels of `kernels.py`
   work on it as they do on a padded batch);
 - runs attention one text at a time with torch's scaled-dot-product kernel, on that text's
   tokens alone, so there is nothing to compute for padding (MPNet's relative position bias,
@@ -20,7 +20,7 @@ as the padded model's; docs/BENCHMARKS.md has the speed). A short batch with lit
 (see REAL_SHARE_BELOW), or any call this path does not cover (attention or
 hidden-state outputs, head masks, relative position embeddings, a decoder, gradients),
 runs the model's own forward. `PACK_CPU_WEIGHTS=false` keeps the model's own forward too.
-An encoder quantised to int8 (`int8_cpu.py`) runs here whatever its padding, its query, key and
+An encoder quantised to int8 (`int8.py`) runs here whatever its padding, its query, key and
 value one fused product.
 """
 
@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn import functional
 
-from embedding_worker.engine.cpu_kernels import torch_modules
+from embedding_worker.engine.cpu.kernels import torch_modules
 
 ENCODERS = ("BertModel", "RobertaModel", "XLMRobertaModel", "CamembertModel", "MPNetModel", "ModernBertModel")
 # A batch runs on real tokens only below this share of real tokens, and in bfloat16 from
@@ -254,7 +254,7 @@ def _layer(layer: torch.nn.Module, hidden: torch.Tensor, lengths: list[int], bia
     `attention.output`) or MPNet (`attention.attn`, `attention.LayerNorm`), attention per text
     (or, for a batch of short texts, in one padded call)."""
     own = layer.attention.self if hasattr(layer.attention, "self") else layer.attention.attn
-    if hasattr(own, "qkv"):  # one fused product (int8_cpu.py)
+    if hasattr(own, "qkv"):  # one fused product (int8.py)
         projected = [own.qkv(hidden)]
     elif hasattr(layer.attention, "self"):
         projected = [own.query(hidden), own.key(hidden), own.value(hidden)]

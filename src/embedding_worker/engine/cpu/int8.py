@@ -139,7 +139,7 @@ class _Target(NamedTuple):
 
 
 def encoders(module: torch.nn.Module) -> list[torch.nn.Module]:
-    from embedding_worker.engine.real_tokens import ENCODERS
+    from embedding_worker.engine.cpu.real_tokens import ENCODERS
 
     return [m for m in module.modules() if type(m).__name__ in ENCODERS]
 
@@ -163,7 +163,7 @@ def _targets(module: torch.nn.Module) -> list[_Target]:
 
 def quantisable(module: torch.nn.Module) -> str | None:
     """None where `module`'s encoders can run here; else why not, in a few words."""
-    from embedding_worker.engine.real_tokens import supported
+    from embedding_worker.engine.cpu.real_tokens import supported
 
     if not can_quantise():
         return "this torch build has no oneDNN int8 kernels"
@@ -228,7 +228,7 @@ def _smoothed(linears: list[torch.nn.Linear], low: torch.Tensor, high: torch.Ten
 def quantise(module: torch.nn.Module, ranges: _Ranges) -> int:
     """Swap the products `_targets` finds in `module` (still at float32) for int8 ones
     calibrated by `ranges`; return how many encoder layers."""
-    from embedding_worker.engine.cpu_kernels import is_erf_gelu
+    from embedding_worker.engine.cpu.kernels import is_erf_gelu
 
     for encoder in encoders(module):
         encoder._real_tokens_always = True  # real_tokens.py: query/key/value fused, no padding

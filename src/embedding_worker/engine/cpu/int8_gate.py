@@ -1,5 +1,5 @@
 """`DTYPES=int8` on a CPU, never silently worse: an embedder's or a reranker's encoder is
-quantised (`int8_cpu.py`: static, smoothed int8 products on oneDNN for the layers fed by a
+quantised (`int8.py`: static, smoothed int8 products on oneDNN for the layers fed by a
 layer norm) only if the quantised copy keeps what it is for on a fixed corpus
 (`compact.CALIBRATION_TEXTS`, apart from the texts that calibrate the quantisation), against
 the model at float32.
@@ -120,8 +120,8 @@ def gate_int8(name: str, replica: Any, capabilities: set[str], fallback: str) ->
     `fallback`. Return the dtype it now runs at."""
     import torch
 
-    from embedding_worker.engine import int8_cpu
-    from embedding_worker.engine.cpu_kernels import torch_modules
+    from embedding_worker.engine.cpu import int8 as int8_cpu
+    from embedding_worker.engine.cpu.kernels import torch_modules
 
     modules = [m for m in torch_modules(replica) if int8_cpu.encoders(m)] or list(torch_modules(replica))
     reranker = "rerank" in capabilities
@@ -155,11 +155,11 @@ def gate_int8(name: str, replica: Any, capabilities: set[str], fallback: str) ->
 
 def _to_int8(replica: Any, ranges: Any, rest: str) -> int:
     """`replica` (at float32) with its encoder layers' products in int8 and the rest at
-    `rest`, on the packed kernels and real tokens (`cpu_kernels.py`, `real_tokens.py`)."""
+    `rest`, on the packed kernels and real tokens (`kernels.py`, `real_tokens.py`)."""
 
-    from embedding_worker.engine import int8_cpu
-    from embedding_worker.engine.cpu_kernels import pack_linear_layers, torch_modules
-    from embedding_worker.engine.real_tokens import compute_on_real_tokens
+    from embedding_worker.engine.cpu import int8 as int8_cpu
+    from embedding_worker.engine.cpu.kernels import pack_linear_layers, torch_modules
+    from embedding_worker.engine.cpu.real_tokens import compute_on_real_tokens
 
     module = next(m for m in torch_modules(replica) if int8_cpu.encoders(m))
     layers = int8_cpu.quantise(module, ranges)
@@ -173,7 +173,7 @@ def _cast(replica: Any, dtype: str) -> None:
     """Every torch module of `replica` to `dtype` ("bfloat16", else float32)."""
     import torch
 
-    from embedding_worker.engine.cpu_kernels import torch_modules
+    from embedding_worker.engine.cpu.kernels import torch_modules
 
     for module in torch_modules(replica):
         module.to({"bfloat16": torch.bfloat16}.get(dtype, torch.float32))

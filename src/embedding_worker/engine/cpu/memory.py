@@ -1,7 +1,7 @@
 """Memory that CPU compute keeps after it is done with it, bounded so a worker's memory
 reaches a plateau instead of creeping up with every new input shape.
 
-- **Kernel caches.** torch's oneDNN kernels (the packed linear layers of `cpu_kernels.py`
+- **Kernel caches.** torch's oneDNN kernels (the packed linear layers of `kernels.py`
   among them) are built for one input shape and kept in two caches of 1024 entries each:
   ideep's (`LRU_CACHE_CAPACITY`) and oneDNN's own (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`). Text
   comes in every length, so nearly every batch is a new shape. A forward pass meets only a
