@@ -72,6 +72,7 @@ def overhead(rounds: int = 3, scale: float = 1.0, targets: list[str] | None = No
 
         asyncio.run(run_all())
         profile = path_profile(model)
+    sentences = short_sentences(rounds, scale)
     table = {}
     for name, shapes in runs.items():
         for shape, rows in shapes.items():
@@ -85,7 +86,33 @@ def overhead(rounds: int = 3, scale: float = 1.0, targets: list[str] | None = No
                                          for r, b in zip(rows, reference)],
                 "p50_vs_infinity_by_round": [round(r["p50_ms"] / b["p50_ms"], 3) for r, b in zip(rows, reference)],
             }
-    return {"rounds": rounds, "table": table, "profile": profile}
+    return {"rounds": rounds, "table": table, "profile": profile, "short_sentences": sentences}
+
+
+def short_sentences(rounds: int, scale: float) -> dict:
+    """The users' short sentences (all-MiniLM-L6-v2 at bfloat16, 8 a request from 16 clients)
+    through the load balancer, the local endpoint and Infinity's server, interleaved rounds."""
+    from servers import Targets
+
+    names = ["load balancer", "local endpoint", "infinity server"]
+    runs: dict[str, list[dict]] = {}
+
+    async def run_all() -> None:
+        fleet = Targets(names, "bfloat16")
+        await fleet.start()
+        try:
+            batches = shaped(max(8, int(240 * scale)), 8)
+            for number in range(rounds):
+                for name in names if number % 2 == 0 else list(reversed(names)):
+                    runs.setdefault(name, []).append(await measure(fleet, name, batches, 16))
+        finally:
+            await fleet.stop()
+
+    asyncio.run(run_all())
+    return {name: {"sentences_per_s": statistics.median(r["sentences_per_s"] for r in rows),
+                   "vs_infinity_by_round": [round(r["sentences_per_s"] / b["sentences_per_s"], 3)
+                                            for r, b in zip(rows, runs["infinity server"])]}
+            for name, rows in runs.items()}
 
 
 class _Stamps:
@@ -114,11 +141,11 @@ def _timed(stamps: _Stamps, run, start: str, end: str):
 STAGES = [  # (stage, from stamp, to stamp)
     ("parse the body (orjson)", "begin", "parsed"),
     ("job input, schema, price", "parsed", "call"),
-    ("usage count: a thread hop and a tokenization", "call", "usage end"),
+    ("admission, usage count (tokenizing)", "call", "usage end"),
     ("into the queue", "usage end", "queued"),
     ("queue wait (until a batch is formed)", "queued", "popped"),
     ("to the pre-processing thread", "popped", "pre start"),
-    ("tokenize (encode_pre)", "pre start", "pre end"),
+    ("pre-process (encode_pre: tokenize, or pad the ids)", "pre start", "pre end"),
     ("to the forward-pass thread", "pre end", "core start"),
     ("forward pass (encode_core)", "core start", "core end"),
     ("to the post-processing thread", "core end", "post start"),
@@ -199,6 +226,8 @@ def path_profile(model: str, requests: int = 300) -> dict:
 if __name__ == "__main__":
     import json
     import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
     if sys.argv[1:] == ["profile"]:
         with tempfile.TemporaryDirectory() as scratch:

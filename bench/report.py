@@ -271,6 +271,45 @@ def markdown(results: dict) -> str:
                   f"cache, {cost['seconds']} s); each downloaded or copied file is hashed once, from disk, before "
                   f"it is published: BGE-M3's 2.27 GB of weights add {cost['bge_m3_seconds']} s to its first cold "
                   "start, none to later ones (their size is checked)."]
+    if "overhead" in results:
+        ov = results["overhead"]
+        lines += ["", "## The serving path", "",
+                  "What the worker costs beside a forward pass that is nearly free, as on a GPU (`bench/overhead.py`): "
+                  "a BERT of one layer and 32 dimensions on all-MiniLM-L6-v2's tokenizer at float32, served by the "
+                  "load-balancing worker, the local endpoint's `/runsync` and its OpenAI route, the in-process engine "
+                  "(no HTTP) and Infinity's own server, all up at once, in interleaved rounds "
+                  f"({ov['after']['rounds']} a run); `before` is the tree at commit {ov['before_commit']}, `after` this "
+                  "one, each run with Infinity's server beside it. Ratios are to Infinity's server in the same round.",
+                  "", "| target | shape | before: requests/s | before: p50 ms | before: p99 ms | before: vs Infinity "
+                  "(rounds) | after: requests/s | after: p50 ms | after: p99 ms | after: vs Infinity (rounds) | after: "
+                  "p50 / Infinity's (rounds) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for target, shapes in ov["after"]["table"].items():
+            for shape, row in shapes.items():
+                was = (ov.get("before") or {}).get("table", {}).get(target, {}).get(shape)
+                before = (f"{was['requests_per_s']} | {was['p50_ms']} | {was['p99_ms']} | "
+                          f"{', '.join(map(str, was['vs_infinity_by_round']))}") if was else "- | - | - | -"
+                lines.append(f"| {target} | {shape} | {before} | {row['requests_per_s']} | {row['p50_ms']} | "
+                             f"{row['p99_ms']} | {', '.join(map(str, row['vs_infinity_by_round']))} | "
+                             f"{', '.join(map(str, row['p50_vs_infinity_by_round']))} |")
+        before_profile = (ov.get("before") or {}).get("profile", {})
+        stages_before, stages_after = before_profile.get("stages_ms", {}), ov["after"]["profile"]["stages_ms"]
+        lines += ["", "One text's path through the worker, in process, stage by stage (median ms of "
+                  f"{ov['after']['profile']['requests']} requests; the HTTP stack is what a transport's p50 adds): "
+                  f"{before_profile.get('total_ms', '-')} ms before, {ov['after']['profile']['total_ms']} ms after.", "",
+                  "| stage | before ms | after ms |", "|---|---|---|"]
+        for stage in stages_after:
+            lines.append(f"| {stage} | {stages_before.get(stage, '-')} | {stages_after[stage]} |")
+        if "short_sentences" in ov["after"]:
+            sentences = ov["after"]["short_sentences"]
+            lines += ["", "Short sentences on all-MiniLM-L6-v2 at bfloat16 (8 a request, 16 clients), the same run: " +
+                      "; ".join(f"{name} {row['sentences_per_s']} sentences/s "
+                                f"({', '.join(map(str, row['vs_infinity_by_round']))}x Infinity's server by round)"
+                                for name, row in sentences.items()) + "."]
+            if "short_sentences" in (ov.get("before") or {}):
+                was = ov["before"]["short_sentences"]
+                lines += ["Before, in its own run: " + "; ".join(
+                    f"{name} {row['sentences_per_s']} sentences/s ({', '.join(map(str, row['vs_infinity_by_round']))}x)"
+                    for name, row in was.items()) + "."]
     if "priced" in results:
         pr, cost = results["priced"], results["priced"]["pricing_cost"]
         lines += ["", "## Every request priced", "",

@@ -39,6 +39,7 @@ import int8  # noqa: E402
 import limit  # noqa: E402
 import long_inputs  # noqa: E402
 import precisions  # noqa: E402
+import overhead  # noqa: E402
 import priced  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
@@ -47,7 +48,7 @@ from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
          "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "audio",
-         "faults", "hybrid", "hostile", "priced", "latency", "long inputs", "int8", "limit", "precisions"]
+         "faults", "hybrid", "hostile", "priced", "overhead", "latency", "long inputs", "int8", "limit", "precisions"]
 
 
 def auto_dtype() -> str:
@@ -118,6 +119,7 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "faults": lambda: {"faults": faults.faults()},
         "hostile": lambda: {"hostile": hostile.hostile()},
         "priced": lambda: {"priced": priced.priced(rounds)},
+        "overhead": lambda: {"overhead": {"before_commit": "-", "after": overhead.overhead(rounds, scale)}},
         "latency": lambda: latency(scale, rounds),
         "long inputs": lambda: {"long_inputs": long_inputs.long_inputs()},
         "int8": lambda: {"int8": int8.int8()},

@@ -60,6 +60,17 @@ def test_embeddings_match_sentence_transformers(worker, sentence_transformer, fl
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
+def test_texts_tokenized_once_on_arrival_are_read_as_the_model_reads_them(worker, sentence_transformer):
+    """A text is tokenized once, as it arrives, the way the model's own tokenize does it:
+    stripped, cut to its length; in a batch beside texts of other lengths (padded again)."""
+    texts = ["  Surrounded by spaces\n", "UPPER and lower", "word " * 600, "é à ü 漢字 🙂", "x"]
+    body = worker.run(standard_job(texts))
+    expected = sentence_transformer.encode(texts, normalize_embeddings=True)
+    assert np.abs(np.array([item["embedding"] for item in body["data"]]) - expected).max() <= 1e-5
+    assert body["usage"]["prompt_tokens"] == sum(min(len(sentence_transformer.tokenizer(t.strip())["input_ids"]), 256) - 2
+                                                 for t in texts)
+
+
 def test_long_input_is_truncated_to_the_model_maximum(worker, sentence_transformer):
     text = "word " * 2000
     body = worker.run(standard_job(text))

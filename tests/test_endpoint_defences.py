@@ -114,6 +114,36 @@ def test_idle_and_slow_connections_are_closed_after_the_header_timeout(endpoint)
     assert serves(base)
 
 
+def test_request_headers_past_64_kib_close_the_connection_and_the_server_keeps_serving(endpoint):
+    """Headers past MAX_HEADER_BYTES, in one burst or a trickle, end the connection (with a 400 at
+    most); headers just under it, and a large body after small headers, pass."""
+    server, base = endpoint
+    memory = psutil.Process(server.pid).memory_info().rss
+    for burst in (True, False):
+        sock = socket.create_connection(("127.0.0.1", port_of(base)))
+        sock.settimeout(10)
+        sock.sendall(b"GET /v2/local/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        filler = b"X-Filler: " + b"a" * 1000 + b"\r\n"
+        try:
+            if burst:
+                sock.sendall(filler * 70)
+            else:
+                for _ in range(70):
+                    sock.sendall(filler)
+        except OSError:
+            pass  # closed while sending: refused
+        answer = sock.recv(1024)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+        sock.close()
+    near = {f"X-Filler-{i}": "a" * 1000 for i in range(60)}
+    assert httpx.get(f"{base}/health", headers=near, timeout=10).status_code == 200
+    big = httpx.post(f"{base}/runsync", json={"input": {"model": EMBEDDER_ID, "input": ["word " * 200] * 200}},
+                     timeout=120)
+    assert big.status_code == 200 and big.json()["status"] == "COMPLETED"
+    assert psutil.Process(server.pid).memory_info().rss - memory < 200 * 2**20
+    assert serves(base)
+
+
 def test_forty_results_of_2048_vectors_grow_the_server_by_less_than_400_mb(endpoint):
     server, base = endpoint
     process = psutil.Process(server.pid)

@@ -108,7 +108,7 @@ class EmbeddingService:
         else:
             data = [Embedding.model_construct(embeddings={t: found[t][i] for t in types}, index=i)
                     for i in range(len(request.input))]
-        return EmbeddingResponse(model=model.name, data=data, usage=Usage.of(tokens))
+        return EmbeddingResponse.model_construct(model=model.name, data=data, usage=Usage.of(tokens))
 
     async def _dense_matrix(self, model: DeployedModel, items: list, prefix: str,
                             truncate: bool) -> tuple[np.ndarray, int]:
@@ -351,7 +351,7 @@ class EmbeddingService:
             )
             for item in ranked[: request.top_n]
         ]
-        return RerankResponse(model=model.name, results=results, usage=Usage.of(tokens))
+        return RerankResponse.model_construct(model=model.name, results=results, usage=Usage.of(tokens))
 
     async def _rerank_by_token_vectors(self, model: DeployedModel, request: RerankRequest,
                                        document_objects: bool) -> RerankResponse:
@@ -366,7 +366,7 @@ class EmbeddingService:
         results = [RerankResult(index=int(i), relevance_score=float(scores[i]),
                                 document=_document(request.docs[i], document_objects) if request.return_docs else None)
                    for i in order]
-        return RerankResponse(model=model.name, results=results, usage=Usage.of(tokens))
+        return RerankResponse.model_construct(model=model.name, results=results, usage=Usage.of(tokens))
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResponse:
         model = self.registry.resolve(request.model)

@@ -405,7 +405,7 @@ class Usage(BaseModel):
 
     @classmethod
     def of(cls, tokens: int) -> Usage:
-        return cls(prompt_tokens=tokens, total_tokens=tokens)
+        return cls.model_construct(prompt_tokens=tokens, total_tokens=tokens)  # the worker's own count
 
 
 class SparseEmbedding(BaseModel):

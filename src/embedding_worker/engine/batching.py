@@ -20,12 +20,18 @@ extra round; when there is less than a batch, it goes out as it is, at once.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
-from embedding_worker.engine.infinity_internals import batch_handler, replicas
+from embedding_worker.engine.infinity_internals import (
+    batch_handler,
+    model_workers,
+    replace_hand_off_queue,
+    replicas,
+)
 
 
 class FullBatchQueue:
@@ -92,6 +98,22 @@ class FullBatchQueue:
         yield from batches
 
 
+class HandOffQueue(queue.Queue):
+    """The queue from Infinity's batching thread to pre-processing. Infinity asks `empty()`
+    before it forms a batch, and sleeps its batch delay (5 ms) when the last one is not yet
+    taken: a lone request arriving then waited out the sleep. Here `empty()` waits up to
+    HAND_OFF_WAIT for the pre-processing thread to take what is there, so the batching thread
+    goes on the moment it is taken, and sleeps only when pre-processing is busy for longer."""
+
+    def empty(self) -> bool:
+        with self.not_full:  # notified by every `get`
+            self.not_full.wait_for(lambda: not self._qsize(), HAND_OFF_WAIT)
+            return not self._qsize()
+
+
+HAND_OFF_WAIT = 0.005  # seconds, Infinity's batch delay
+
+
 class BatchObserver(Protocol):
     """Where the queue reports what it did (the worker's metrics)."""
 
@@ -102,12 +124,23 @@ class BatchObserver(Protocol):
 
 def use_full_batches(engine: Any, observe: BatchObserver | None = None) -> None:
     """Put a `FullBatchQueue` in place of a started engine's queue, before its first request,
-    and have its forward pass report each batch it begins (and, to `observe`, its time)."""
+    and have its forward pass report each batch it begins (and, to `observe`, its time).
+
+    Infinity's post-processing thread also sleeps its batch delay (5 ms) before every batch
+    that finds its queue empty (its test, last forward pass earlier than now + twice the delay,
+    always holds), "to give the CPU to the next batch's transfer": 5 ms on every request's
+    latency, whatever the device. The worker's post-processing is short and its forward pass
+    has its own thread, so that wait is taken out. Its batching thread sleeps the same 5 ms
+    whenever it finds the batch it handed on not yet taken; `HandOffQueue` has it wait for the
+    taking instead."""
     handler = batch_handler(engine)
     queue = FullBatchQueue(len(replicas(engine)), observe)
     for replica in replicas(engine):
         replica.encode_core = _reporting_start(replica.encode_core, queue.forward_started, observe)
     handler._queue_prio = queue
+    for worker in model_workers(engine):
+        worker._batch_delay = 0.0
+    replace_hand_off_queue(engine, HandOffQueue)
 
 
 def _reporting_start(forward: Callable, started: Callable[[], None], observe: BatchObserver | None) -> Callable:

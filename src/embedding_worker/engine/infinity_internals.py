@@ -5,7 +5,11 @@ upgrade of Infinity re-checks this file.
   way to reach them; the worker needs them to fit tokenizers, pack CPU weights, guard the
   pipeline stages (health), self-test and describe a model.
 - `batch_handler`: the started engine's batch handler, whose queue the worker replaces with
-  its full-batch queue (`batching.py`).
+  its full-batch queue (`batching.py`), and whose usage count it replaces for models whose
+  texts it tokenizes once (`token_inputs.tokenize_on_arrival`, its `_get_prios_usage`).
+- `model_workers`: its pipeline workers, whose post-processing wait the worker takes out.
+- `replace_hand_off_queue`: the queue between its batching thread and pre-processing, whose
+  emptiness the worker waits for (`batching.HandOffQueue`) instead of a blind sleep.
 - `engine_with`: an engine around a replica this worker builds (the sparse and multi-vector
   encoders, LLM rerankers), so that it runs through Infinity's queue, batching and pipeline
   threads like any other model: admission, deadlines, health and the full-batch queue apply
@@ -26,6 +30,30 @@ def replicas(engine: Any) -> list[Any]:
 def batch_handler(engine: Any) -> Any:
     """The started engine's batch handler (None before `astart`)."""
     return getattr(engine, "_batch_handler", None)
+
+
+def model_workers(engine: Any) -> list[Any]:
+    """The started engine's pipeline workers (each runs one replica's three stages)."""
+    return list(getattr(batch_handler(engine), "model_worker", None) or [])
+
+
+def replace_hand_off_queue(engine: Any, make: Any) -> None:
+    """Put `make(maxsize)` in place of the queue through which the started engine's batching
+    thread hands batches to its pre-processing thread(s) (still empty: before any request)."""
+    handler = batch_handler(engine)
+    queue = make(handler._publish_to_model_queue.maxsize)
+    handler._publish_to_model_queue = queue
+    for worker in model_workers(engine):
+        worker._input_q = queue
+
+
+def replace_usage_count(engine: Any, count: Any) -> Any:
+    """Have the started engine count a request's usage (and its items' batch order) with
+    `count(items) -> (lengths, usage)`, awaited; return the engine's own."""
+    handler = batch_handler(engine)
+    own = handler._get_prios_usage
+    handler._get_prios_usage = count
+    return own
 
 
 def engine_with(replica: Any, engine_args: Any) -> Any:

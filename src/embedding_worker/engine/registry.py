@@ -36,6 +36,8 @@ from embedding_worker.errors import (
 from embedding_worker.engine.batching import BatchObserver, use_full_batches
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.health import work_units
+from embedding_worker.engine.infinity_internals import replicas
+from embedding_worker.engine.token_inputs import tokenize_on_arrival
 from embedding_worker.engine.hardware import Hardware
 from embedding_worker.engine.loading import LoadOptions, load_model
 from embedding_worker.engine.model_sources import ModelLocations
@@ -122,6 +124,8 @@ class EngineRegistry:
                 loop = asyncio.get_running_loop()
                 for model in self._models.values():
                     use_full_batches(model.engine, self._observer(model.name) if self._observer else None)
+                    if model.takes_token_ids:
+                        tokenize_on_arrival(model.engine, replicas(model.engine)[0])
                     model.health.attach(model.engine, loop)
                 self._started = True
 
