@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -75,6 +76,45 @@ def cosines(reference, vectors):
         return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
 
     return np.sum(unit(reference) * unit(vectors), axis=1)
+
+
+@contextlib.contextmanager
+def checkout_of(commit: str, scratch: Path):
+    """The tree at `commit`, checked out beside this one (git worktree) under `scratch`, for a
+    before-and-after run; removed afterwards."""
+    import subprocess
+
+    tree = scratch / "before"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True, capture_output=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+
+
+def serve_local_endpoint(tree: Path, variables: dict[str, str], prefix: str = "bench"):
+    """`src/local_endpoint.py` of the checkout at `tree` with these variables, once its health
+    answers 200; returns the process and its `/v2/local` base URL (its log in a temporary file)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import httpx
+
+    port = free_port()
+    log = open(tempfile.mkstemp(prefix=f"{prefix}-", suffix=".log")[1], "w")  # noqa: SIM115 - kept with the process
+    server = subprocess.Popen([sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=tree,
+                              env={**ENV, **variables}, stdout=subprocess.DEVNULL, stderr=log)
+    base = f"http://127.0.0.1:{port}/v2/local"
+    deadline = time.time() + 300
+    while time.time() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            time.sleep(0.3)
+    server.kill()
+    raise RuntimeError(f"the local endpoint of {tree} did not start: {Path(log.name).read_text()[-1500:]}")
 
 
 def free_port() -> int:

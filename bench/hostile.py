@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from common import ROOT, free_port
+from common import ROOT, checkout_of, serve_local_endpoint
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -48,20 +48,7 @@ def m3_shaped(folder: Path) -> Path:
 
 
 def _serve(tree: Path, variables: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(tempfile.mkstemp(prefix="hostile-", suffix=".log")[1], "w")  # noqa: SIM115 - kept with the process
-    server = subprocess.Popen([sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=tree,
-                              env={**os.environ, **variables}, stdout=subprocess.DEVNULL, stderr=log)
-    base = f"http://127.0.0.1:{port}/v2/local"
-    deadline = time.time() + 300
-    while time.time() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return server, base
-        except httpx.TransportError:
-            time.sleep(0.3)
-    server.kill()
-    raise RuntimeError(f"the local endpoint of {tree} did not start: {Path(log.name).read_text()[-1500:]}")
+    return serve_local_endpoint(tree, variables, "hostile")
 
 
 def _measure(server: subprocess.Popen, base: str, job: dict) -> dict:
@@ -85,36 +72,30 @@ def hostile() -> dict:
     import tiny_families
     from test_hostile_inputs import CASES, M3
 
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, checkout_of(BEFORE, Path(scratch)) as before:
         scratch = Path(scratch)
-        before = scratch / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(before), BEFORE], cwd=ROOT, check=True,
-                       capture_output=True)
-        try:
-            clip, clap = tiny_families.clip(scratch / "clip"), tiny_families.clap(scratch / "clap")
-            m3_large = m3_shaped(scratch / "m3-shaped")
-            variables = {"MODEL_NAMES": f"{clip};{clap};{M3};{m3_large}", "SERVED_MODEL_NAMES": "clip;clap;m3;m3-shaped",
-                         "BATCH_SIZES": "4;4;4;16", "MAX_OUTPUT_VALUES": "1000000", "DTYPES": "float32",
-                         "MEMORY_TRIM_INTERVAL": "0.2", "HF_HUB_OFFLINE": "1"}
-            text = " ".join(["word"] * M3_WORDS)
-            cases = {name: make for name, (make, _, _) in CASES.items()}
-            cases[f"BGE-M3 shape, dense only, {M3_TEXTS} texts of 500 tokens"] = lambda: {
-                "model": "m3-shaped", "input": [text] * M3_TEXTS}
-            cases[f"BGE-M3 shape, multi_vector, {M3_TEXTS} texts of 500 tokens"] = lambda: {
-                "model": "m3-shaped", "input": [text] * M3_TEXTS, "embedding_types": ["multi_vector"]}
-            rows: dict[str, dict] = {name: {"input": name} for name in cases}
-            for label, tree in (("before", before), ("after", ROOT)):
-                server, base = _serve(tree, variables)
-                try:
-                    for name, make in cases.items():
-                        if server.poll() is not None:
-                            server, base = _serve(tree, variables)
-                        rows[name][label] = _measure(server, base, make())
-                finally:
-                    server.terminate()
-                    server.wait(60)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
+        clip, clap = tiny_families.clip(scratch / "clip"), tiny_families.clap(scratch / "clap")
+        m3_large = m3_shaped(scratch / "m3-shaped")
+        variables = {"MODEL_NAMES": f"{clip};{clap};{M3};{m3_large}", "SERVED_MODEL_NAMES": "clip;clap;m3;m3-shaped",
+                     "BATCH_SIZES": "4;4;4;16", "MAX_OUTPUT_VALUES": "1000000", "DTYPES": "float32",
+                     "MEMORY_TRIM_INTERVAL": "0.2", "HF_HUB_OFFLINE": "1"}
+        text = " ".join(["word"] * M3_WORDS)
+        cases = {name: make for name, (make, _, _) in CASES.items()}
+        cases[f"BGE-M3 shape, dense only, {M3_TEXTS} texts of 500 tokens"] = lambda: {
+            "model": "m3-shaped", "input": [text] * M3_TEXTS}
+        cases[f"BGE-M3 shape, multi_vector, {M3_TEXTS} texts of 500 tokens"] = lambda: {
+            "model": "m3-shaped", "input": [text] * M3_TEXTS, "embedding_types": ["multi_vector"]}
+        rows: dict[str, dict] = {name: {"input": name} for name in cases}
+        for label, tree in (("before", before), ("after", ROOT)):
+            server, base = _serve(tree, variables)
+            try:
+                for name, make in cases.items():
+                    if server.poll() is not None:
+                        server, base = _serve(tree, variables)
+                    rows[name][label] = _measure(server, base, make())
+            finally:
+                server.terminate()
+                server.wait(60)
     return {"before": BEFORE, "rows": list(rows.values()), "hashing": hash_cost()}
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from common import ENV, MODEL, ROOT, drive, free_port, shaped
+from common import MODEL, ROOT, checkout_of, drive, serve_local_endpoint, shaped
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -32,20 +32,7 @@ STOP_GB, STOP_SECONDS = 4.0, 120.0
 
 
 def _serve(tree: Path, variables: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = open(tempfile.mkstemp(prefix="priced-", suffix=".log")[1], "w")  # noqa: SIM115 - kept with the process
-    server = subprocess.Popen([sys.executable, "src/local_endpoint.py", "--port", str(port)], cwd=tree,
-                              env={**ENV, **variables}, stdout=subprocess.DEVNULL, stderr=log)
-    base = f"http://127.0.0.1:{port}/v2/local"
-    deadline = time.time() + 300
-    while time.time() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return server, base
-        except httpx.TransportError:
-            time.sleep(0.3)
-    server.kill()
-    raise RuntimeError(f"the local endpoint of {tree} did not start: {Path(log.name).read_text()[-1500:]}")
+    return serve_local_endpoint(tree, variables, "priced")
 
 
 def _measure(server: subprocess.Popen, base: str, job: dict) -> dict:
@@ -112,30 +99,23 @@ def _models(scratch: Path) -> dict[str, str]:
 def priced(rounds: int = 5) -> dict:
     from test_request_price import CASES
 
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        before = scratch / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(before), BEFORE], cwd=ROOT, check=True,
-                       capture_output=True)
-        try:
-            variables = {**_models(scratch), "MAX_OUTPUT_VALUES": "1000000", "DTYPES": "float32",
-                         "MEMORY_TRIM_INTERVAL": "0.2", "MAX_REQUEST_TOKENS": "1000000",
-                         "LOCAL_RUNSYNC_WAIT": str(STOP_SECONDS + 30)}
-            rows: dict[str, dict] = {name: {"input": name} for name in CASES}
-            for label, tree in (("before", before), ("after", ROOT)):
-                server, base = _serve(tree, variables)
-                try:
-                    for name, (job, _, _) in CASES.items():
-                        if server.poll() is not None:
-                            server, base = _serve(tree, variables)
-                        rows[name][label] = _measure(server, base, job)
-                        print(label, name, rows[name][label], flush=True)
-                finally:
-                    server.terminate()
-                    server.wait(60)
-            cost = pricing_cost(before, rounds)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
+    with tempfile.TemporaryDirectory() as scratch, checkout_of(BEFORE, Path(scratch)) as before:
+        variables = {**_models(Path(scratch)), "MAX_OUTPUT_VALUES": "1000000", "DTYPES": "float32",
+                     "MEMORY_TRIM_INTERVAL": "0.2", "MAX_REQUEST_TOKENS": "1000000",
+                     "LOCAL_RUNSYNC_WAIT": str(STOP_SECONDS + 30)}
+        rows: dict[str, dict] = {name: {"input": name} for name in CASES}
+        for label, tree in (("before", before), ("after", ROOT)):
+            server, base = _serve(tree, variables)
+            try:
+                for name, (job, _, _) in CASES.items():
+                    if server.poll() is not None:
+                        server, base = _serve(tree, variables)
+                    rows[name][label] = _measure(server, base, job)
+                    print(label, name, rows[name][label], flush=True)
+            finally:
+                server.terminate()
+                server.wait(60)
+        cost = pricing_cost(before, rounds)
     return {"before": BEFORE, "rows": list(rows.values()), "pricing_cost": cost}
 
 

@@ -42,6 +42,7 @@ class HealthLatency:
     def __init__(self, url: str) -> None:
         self.url, self.worst, self.statuses, self._running = url, 0.0, set(), True
         self._poller = threading.Thread(target=self._poll, daemon=True)
+        self._first = threading.Event()  # one answer before the request starts: never none at all
 
     def _poll(self) -> None:
         with httpx.Client(timeout=30) as client:
@@ -51,12 +52,15 @@ class HealthLatency:
                     self.statuses.add(client.get(self.url).status_code)
                 except httpx.TransportError:  # the worker is gone (killed, or stopped): nothing more to time
                     self.statuses.add(None)
+                    self._first.set()
                     return
                 self.worst = max(self.worst, time.perf_counter() - started)
+                self._first.set()
                 time.sleep(0.02)
 
     def __enter__(self) -> HealthLatency:
         self._poller.start()
+        self._first.wait(30)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -73,3 +77,15 @@ def settle(pid: int) -> None:
             return
         last = now
         time.sleep(0.25)
+
+
+def assert_answer_or_one_line(reply: dict, expected: str | int) -> None:
+    """A `/runsync` reply: FAILED with one line that starts with `expected`, or COMPLETED with
+    `expected` entries (`data`, or a rerank's `results`)."""
+    if isinstance(expected, str):
+        assert reply["status"] == "FAILED", reply.get("output")
+        assert reply["error"].startswith(expected) and "\n" not in reply["error"], reply["error"]
+    else:
+        assert reply["status"] == "COMPLETED", reply.get("error")
+        output = reply["output"][0] if isinstance(reply["output"], list) else reply["output"]
+        assert len(output.get("data") or output.get("results")) == expected

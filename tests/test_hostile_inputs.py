@@ -25,7 +25,7 @@ import pytest
 
 import tiny_families
 from conftest import ROOT, start_local_endpoint
-from process_watch import PeakMemory, settle
+from process_watch import PeakMemory, assert_answer_or_one_line, settle
 
 M3 = ROOT / "tests" / "data" / "hybrid" / "bge-m3"
 REFUSAL_MB = 60  # a refusal decodes nothing
@@ -154,12 +154,7 @@ def test_a_hostile_input_ends_in_an_answer_or_one_line_within_its_memory_bound(w
         reply = run(base, job)
     took = time.perf_counter() - started
     print(f"{case}: {memory.over_idle_mb:.0f} MB over idle, {took:.2f} s")
-    if isinstance(expected, str):
-        assert reply["status"] == "FAILED", reply.get("output")
-        assert reply["error"].startswith(expected) and "\n" not in reply["error"], reply["error"]
-    else:
-        assert reply["status"] == "COMPLETED", reply.get("error")
-        assert len(reply["output"]["data"]) == expected
+    assert_answer_or_one_line(reply, expected)
     assert memory.over_idle_mb < bound_mb, f"{memory.over_idle_mb:.0f} MB over idle"
     assert serves(base)
 

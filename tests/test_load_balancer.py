@@ -301,3 +301,14 @@ def test_settings_of_the_endpoint_type_fail_in_one_line(tmp_path):
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
     assert lines == ["error: invalid settings: PORT: 70000 is not a port (1 to 65535); HEALTH_CHECK_PATH: 'ping' "
                      "is not a URL path (it starts with /, without spaces)"], done.stdout + done.stderr
+
+
+def test_make_serve_lb_takes_the_port_and_listens_on_loopback_as_make_serve_does():
+    """`PORT=18000 make serve-lb` listens on 18000 (the port-in-use advice names PORT), on
+    127.0.0.1 like `make serve`; the README's port is the default."""
+    shown = subprocess.run(["make", "-n", "serve-lb"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PORT": "18000"}).stdout
+    assert "HOST=127.0.0.1 PORT=18000" in shown and "ENDPOINT_TYPE=load_balancer" in shown
+    default = subprocess.run(["make", "-n", "serve-lb"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "PORT"}).stdout
+    assert "HOST=127.0.0.1 PORT=8000" in default
