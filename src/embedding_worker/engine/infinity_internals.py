@@ -10,6 +10,8 @@ upgrade of Infinity re-checks this file.
 - `model_workers`: its pipeline workers, whose post-processing wait the worker takes out.
 - `replace_hand_off_queue`: the queue between its batching thread and pre-processing, whose
   emptiness the worker waits for (`batching.HandOffQueue`) instead of a blind sleep.
+- `replace_result_queue`: the queue its post-processing puts results in, delivered on the
+  serving loop directly (`result_delivery.py`).
 - `engine_with`: an engine around a replica this worker builds (the sparse and multi-vector
   encoders, LLM rerankers), so that it runs through Infinity's queue, batching and pipeline
   threads like any other model: admission, deadlines, health and the full-batch queue apply
@@ -45,6 +47,16 @@ def replace_hand_off_queue(engine: Any, make: Any) -> None:
     handler._publish_to_model_queue = queue
     for worker in model_workers(engine):
         worker._input_q = queue
+
+
+def replace_result_queue(engine: Any, make: Any) -> None:
+    """Put `make(maxsize)` in place of the queue the started engine's post-processing puts each
+    batch's results in (before any request)."""
+    handler = batch_handler(engine)
+    results = make(handler._result_queue.maxsize)
+    handler._result_queue = results
+    for worker in model_workers(engine):
+        worker._output_q = results
 
 
 def replace_usage_count(engine: Any, count: Any) -> Any:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,7 +37,8 @@ from embedding_worker.errors import (
 from embedding_worker.engine.batching import BatchObserver, use_full_batches
 from embedding_worker.engine.deployed import DeployedModel
 from embedding_worker.engine.health import work_units
-from embedding_worker.engine.infinity_internals import replicas
+from embedding_worker.engine.infinity_internals import replace_result_queue, replicas
+from embedding_worker.engine.result_delivery import ResultsOnTheLoop
 from embedding_worker.engine.token_inputs import tokenize_on_arrival
 from embedding_worker.engine.hardware import Hardware
 from embedding_worker.engine.loading import LoadOptions, load_model
@@ -124,6 +126,7 @@ class EngineRegistry:
                 loop = asyncio.get_running_loop()
                 for model in self._models.values():
                     use_full_batches(model.engine, self._observer(model.name) if self._observer else None)
+                    replace_result_queue(model.engine, partial(ResultsOnTheLoop, loop))
                     if model.takes_token_ids:
                         tokenize_on_arrival(model.engine, replicas(model.engine)[0])
                     model.health.attach(model.engine, loop)
