@@ -22,7 +22,10 @@ class ResultsOnTheLoop(queue.Queue):
         self._loop = loop
 
     def put(self, item: tuple[Any, list], block: bool = True, timeout: float | None = None) -> None:
-        self._loop.call_soon_threadsafe(self._deliver, item)
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, item)
+        except RuntimeError:  # the loop has closed (the process is stopping): no one waits for it
+            pass
 
     def _deliver(self, item: tuple[Any, list]) -> None:
         self._loop.create_task(_complete(*item))
