@@ -209,7 +209,10 @@ def test_one_error_shape_per_api_family_on_every_route_and_method(endpoint):
     cohere = [httpx.get(f"{endpoint}/openai/v2/embed", headers=headers),
               httpx.post(f"{endpoint}/openai/v2/rerank", json={"model": RERANKER_ID, "query": "q"}, headers=headers),
               httpx.post(f"{endpoint}/openai/v2/embed", json={"model": EMBEDDER_ID}, headers=headers)]
-    assert [reply.status_code for reply in cohere] == [405, 400, 400]
+    cohere += [httpx.post(f"{endpoint}/openai/v2/embed", content=b"x", headers={**headers, "Content-Type": "text/plain"}),
+               httpx.post(f"{endpoint}/openai/v2/rerank", content=b"x" * 30_000_000,
+                          headers={**headers, "Content-Type": "application/json"})]
+    assert [reply.status_code for reply in cohere] == [405, 400, 400, 415, 413]
     assert all(set(reply.json()) == {"message"} for reply in cohere), [reply.text for reply in cohere]
     assert cohere[0].json()["message"] == "GET is not allowed on /v2/local/openai/v2/embed; use POST"
     assert httpx.get(f"{endpoint}/metrics").status_code == 200  # the endpoint's own prefix serves them too

@@ -10,7 +10,8 @@
     "simple" request (`text/plain`, forms) cannot run jobs; a bodiless POST with no
     content type (`/cancel`, `/purge-queue` from curl) passes;
   - its body is at most `max_body_bytes` (413) and arrives within `body_timeout` (408).
-  Each refusal is a one-line JSON error, in OpenAI's error shape under `/openai/`.
+  Each refusal is a one-line JSON error, in OpenAI's error shape under `/openai/` (Cohere's
+  `{"message"}` on Cohere's routes).
   A CORS preflight (`OPTIONS`) from an allowed origin gets 204 and what a page may send;
   one from any other origin is refused like any request from it (403).
 - `serve`: uvicorn with the h11 parser, whose header size is bounded, plus a timeout for a
@@ -30,6 +31,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+
+from embedding_worker.api.routes import error_shape
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 MAX_HEADER_BYTES = 64 * 1024
@@ -94,8 +97,9 @@ class RequestGuard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self._refusal(scope["method"], headers)
         openai = self.openai_paths(scope["path"])
+        cohere = error_shape(scope["path"]) == "cohere"  # Cohere's routes: Cohere's {"message"}
         if refusal is not None:
-            return await _error(send, *refusal, openai=openai)
+            return await _error(send, *refusal, openai=openai, cohere=cohere)
         if scope["method"] == "OPTIONS":  # a preflight from an allowed origin (others got 403 above)
             return await _preflight(send, headers)
         state = {"started": False}
@@ -108,7 +112,7 @@ class RequestGuard:
             await self.app(scope, self._bounded(receive), sending)
         except BodyRefused as refused:
             if not state["started"]:
-                await _error(send, refused.status, str(refused), openai=openai)
+                await _error(send, refused.status, str(refused), openai=openai, cohere=cohere)
 
     def _refusal(self, method: str, headers: dict[str, str]) -> tuple[int, str] | None:
         host, origin = headers.get("host", ""), headers.get("origin")
@@ -184,8 +188,8 @@ def error_body(status: int, message: str, openai: bool, param: str | None = None
                       "code": "model_not_found" if status == 404 and message.startswith("model") else None}}
 
 
-async def _error(send, status: int, message: str, openai: bool = False) -> None:
-    body = orjson.dumps(error_body(status, message, openai))
+async def _error(send, status: int, message: str, openai: bool = False, cohere: bool = False) -> None:
+    body = orjson.dumps({"message": message} if cohere else error_body(status, message, openai))
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
