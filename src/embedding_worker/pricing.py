@@ -77,8 +77,14 @@ def reading(request: object, model: DeployedModel, prefix: str = "", chunked: bo
     raise TypeError(f"no price for {type(request).__name__}: add it to pricing.READINGS")
 
 
+def _special_tokens(model: DeployedModel) -> tuple[int, int]:
+    """The model's special tokens before and after a text; two and two where it has no
+    tokenizer to tell (its texts are priced, not counted)."""
+    return model.special_tokens if model.tokenizer is not None else (2, 2)
+
+
 def _texts(items: list, model: DeployedModel, prefix: str, chunked: bool) -> Reading:
-    before, after = model.special_tokens if model.tokenizer is not None else (2, 2)
+    before, after = _special_tokens(model)
     read = Reading()
     texts = [item for item in items if isinstance(item, str)]
     if chunked and model.max_input_tokens:
@@ -109,7 +115,7 @@ def _rerank(request: RerankRequest, model: DeployedModel, prefix: str, chunked: 
     """Cross-encoders read the query with every document; an LLM reranker reads it (and the
     instruction) once and lays out every pair with its template, the query's share of the
     pair in each; a late-interaction model embeds the query once."""
-    before, after = model.special_tokens if model.tokenizer is not None else (2, 2)
+    before, after = _special_tokens(model)
     read = Reading()
     documents = len(request.docs)
     if model.pair_template is not None:  # an LLM reranker

@@ -42,21 +42,22 @@ def model_workers(engine: Any) -> list[Any]:
 def replace_hand_off_queue(engine: Any, make: Any) -> None:
     """Put `make(maxsize)` in place of the queue through which the started engine's batching
     thread hands batches to its pre-processing thread(s) (still empty: before any request)."""
-    handler = batch_handler(engine)
-    queue = make(handler._publish_to_model_queue.maxsize)
-    handler._publish_to_model_queue = queue
-    for worker in model_workers(engine):
-        worker._input_q = queue
+    _replace_queue(engine, "_publish_to_model_queue", "_input_q", make)
 
 
 def replace_result_queue(engine: Any, make: Any) -> None:
     """Put `make(maxsize)` in place of the queue the started engine's post-processing puts each
     batch's results in (before any request)."""
+    _replace_queue(engine, "_result_queue", "_output_q", make)
+
+
+def _replace_queue(engine: Any, handler_attribute: str, worker_attribute: str, make: Any) -> None:
+    """One queue shared by the batch handler and every pipeline worker, replaced in both."""
     handler = batch_handler(engine)
-    results = make(handler._result_queue.maxsize)
-    handler._result_queue = results
+    queue = make(getattr(handler, handler_attribute).maxsize)
+    setattr(handler, handler_attribute, queue)
     for worker in model_workers(engine):
-        worker._output_q = results
+        setattr(worker, worker_attribute, queue)
 
 
 def replace_usage_count(engine: Any, count: Any) -> Any:

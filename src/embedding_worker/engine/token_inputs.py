@@ -39,23 +39,29 @@ class TokenIds(str):
         return made
 
 
-def sentence_transformer_tokenizer(replica: Any) -> Any | None:
-    """The tokenizer of a sentence-transformers embedder (its first module's), or None for
-    any other model."""
+def _transformer_module(replica: Any) -> Any | None:
+    """A sentence-transformers embedder's first module (its transformer and tokenizer), or None
+    for any other model."""
     first = replica[0] if hasattr(replica, "_first_module") else None
     if first is None or not hasattr(first, "tokenizer") or not hasattr(first, "auto_model"):
         return None
-    return first.tokenizer
+    return first
+
+
+def _special_tokens(tokenizer: Any) -> int:
+    """How many tokens the tokenizer adds to a text ([CLS] and [SEP], say): usage leaves them out."""
+    return len(tokenizer("", add_special_tokens=True)["input_ids"])
 
 
 def take_token_ids(replica: Any) -> bool:
     """Let the replica's pre-processing take `TokenIds` items; False where it cannot (a model
     other than a sentence-transformers embedder)."""
-    tokenizer = sentence_transformer_tokenizer(replica)
+    module = _transformer_module(replica)
+    tokenizer = None if module is None else module.tokenizer
     if tokenizer is None or tokenizer.pad_token_id is None:
         return False
     pre, lengths = replica.encode_pre, replica.tokenize_lengths
-    specials = len(tokenizer("", add_special_tokens=True)["input_ids"])  # usage leaves them out, as for texts
+    specials = _special_tokens(tokenizer)
 
     def encode_pre(items: list) -> Any:
         if not any(isinstance(item, TokenIds) for item in items):
@@ -97,11 +103,9 @@ def _padded(rows: list[list[int]], tokenizer: Any) -> dict[str, Any]:
 def tokenize_on_arrival(engine: Any, replica: Any) -> bool:
     """Tokenize a sentence-transformers embedder's texts once, as they arrive (see the module);
     False for any other model. Call once its engine has started."""
-    module = replica[0] if hasattr(replica, "_first_module") else None
-    if sentence_transformer_tokenizer(replica) is None or batch_handler(engine) is None \
-            or not hasattr(module, "max_seq_length"):
-        return False
-    if not getattr(module.tokenizer, "is_fast", False):
+    module = _transformer_module(replica)
+    if module is None or batch_handler(engine) is None or not hasattr(module, "max_seq_length") \
+            or not getattr(module.tokenizer, "is_fast", False):
         return False
     # its own copy of the Rust tokenizer, cut where the model cuts, called directly: the Python
     # wrapper around it costs more than the tokenizing of a few sentences
@@ -110,7 +114,7 @@ def tokenize_on_arrival(engine: Any, replica: Any) -> bool:
     backend.enable_truncation(module.max_seq_length, strategy="longest_first",
                               direction=getattr(module.tokenizer, "truncation_side", "right"))
     lock = threading.Lock()  # a tokenizer is not safe for concurrent calls
-    specials = backend.post_processor.num_special_tokens_to_add(False) if backend.post_processor else 0
+    specials = _special_tokens(module.tokenizer)
     lower = bool(getattr(module, "do_lower_case", False))
     counted: Any = None  # the engine's own count, for what is not text
 

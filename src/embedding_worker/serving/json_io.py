@@ -22,7 +22,7 @@ async def loads(raw: bytes) -> Any:
 
 def is_large(body: Any) -> bool:
     """Whether an answer (a response model or its dict) holds more than LARGE_ITEMS entries,
-    or any token vectors."""
+    or is Cohere's (its `embeddings` by type)."""
     for name in ("data", "results", "embeddings"):
         entries = body.get(name) if isinstance(body, dict) else getattr(body, name, None)
         if entries is not None and (len(entries) > LARGE_ITEMS or name == "embeddings"):
