@@ -303,6 +303,17 @@ def test_settings_of_the_endpoint_type_fail_in_one_line(tmp_path):
                      "is not a URL path (it starts with /, without spaces)"], done.stdout + done.stderr
 
 
+def test_an_address_that_cannot_be_listened_on_fails_in_one_line_naming_host():
+    port = free_port()
+    done = subprocess.run([sys.executable, "src/handler.py"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "ENDPOINT_TYPE": "load_balancer", "MODEL_NAMES": "a/b",
+                               "HOST": "not-an-address", "PORT": str(port)})
+    assert done.returncode == 1
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot listen on not-an-address:{port}: ")
+    assert lines[0].endswith("; set HOST and PORT (or PORT_HEALTH)"), lines
+
+
 def test_make_serve_lb_takes_the_port_and_listens_on_loopback_as_make_serve_does():
     """`PORT=18000 make serve-lb` listens on 18000 (the port-in-use advice names PORT), on
     127.0.0.1 like `make serve`; the README's port is the default."""

@@ -196,8 +196,10 @@ async def _error(send, status: int, message: str, openai: bool = False, cohere: 
     await send({"type": "http.response.body", "body": body})
 
 
-def bind(host: str, port: int, setting: str = "--port (or LOCAL_PORT)") -> socket.socket:
-    """The listening socket, bound now; an address in use is one line naming `setting`."""
+def bind(host: str, port: int, setting: str = "--port (or LOCAL_PORT)",
+         host_setting: str = "--host (or LOCAL_HOST)") -> socket.socket:
+    """The listening socket, bound now; an address in use, or one that cannot be listened on,
+    is one line naming the settings that choose it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -207,8 +209,8 @@ def bind(host: str, port: int, setting: str = "--port (or LOCAL_PORT)") -> socke
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise OSError(f"port {port} on {host} is in use; choose another with {setting}") from None
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; set --host and --port "
-                      "(or LOCAL_HOST, LOCAL_PORT)") from None
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; set {host_setting} and "
+                      f"{setting}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -190,7 +190,7 @@ def serve_load_balancer(settings: WorkerSettings) -> int:
     they have; return the exit status."""
     ports = [settings.port] + ([settings.port_health] if settings.port_health not in (None, settings.port) else [])
     try:
-        sockets = [bind(settings.host, port, "PORT (or PORT_HEALTH)") for port in ports]
+        sockets = [bind(settings.host, port, "PORT (or PORT_HEALTH)", "HOST") for port in ports]
     except OSError as exc:
         print_error(str(exc))
         return 1
