@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 
 # The CPU builds (requirements-cpu.txt; the image uses requirements-gpu.txt). torch alone
 # first: pinned, it takes the CPU wheel instead of GBs of CUDA packages.
-$(VENV)/.installed: requirements.txt requirements-cpu.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-client.txt requirements-cpu.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$$(grep -E '^torch==' requirements-cpu.txt)"

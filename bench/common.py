@@ -135,3 +135,18 @@ def worker_for(backend: str = "torch", **variables: str):
     worker = build_worker()
     configure_logging()  # as the entry points do: one plain line per event, not Infinity's rich handler
     return worker
+
+
+async def timed_requests(service, requests: list, concurrency: int) -> float:
+    """Seconds the worker's service takes for `requests`, `concurrency` at once, after the
+    first one alone as a warm-up."""
+    await service.embed(requests[0])
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(request) -> None:
+        async with gate:
+            await service.embed(request)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(r) for r in requests))
+    return time.perf_counter() - started

@@ -10,12 +10,11 @@ import base64
 import io
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, worker_for
+from common import ROOT, timed_requests, worker_for
 
 
 def _tiny(builder: str) -> Path:
@@ -35,16 +34,7 @@ def _per_second(model: Path, modality: str, uris: list[str], per_request: int, c
         await worker.registry.start()
         requests = [EmbeddingRequest(model="media", modality=modality, input=uris[i:i + per_request])
                     for i in range(0, len(uris), per_request)]
-        await service.embed(requests[0])
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(request) -> None:
-            async with gate:
-                await service.embed(request)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one(r) for r in requests))
-        elapsed = time.perf_counter() - started
+        elapsed = await timed_requests(service, requests, concurrency)
         await worker.registry.stop()
         return elapsed
 

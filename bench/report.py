@@ -431,6 +431,49 @@ def markdown(results: dict) -> str:
                   f"images a request x {i['concurrency']} concurrent, {i['input']}. A real CLIP: "
                   f"{i['real_clip']}; this row measures the image path (decoding, preprocessing, batching), "
                   "not a real vision tower."]
+    if "visual" in results:
+        v = results["visual"]
+        lines += ["", "## Visual documents", "",
+                  "ColPali-family models through the worker's service (`bench/visual.py`), at this CPU's default "
+                  f"precision ({v['dtype']}); PDFs of generated A4 pages of text, 8 pages a request, 2 requests at "
+                  "once, rendering included. No trained checkpoint can be had offline here: the tiny models measure "
+                  "the path's own cost, the real-size one the forward pass.", "",
+                  "| model | pages/s | rendered at (pixels) | token vectors a page, at most |", "|---|---|---|---|"]
+        for name, row in v["tiny"].items():
+            lines.append(f"| tiny {name} (2 layers, 16 dimensions) | {row['pages_per_s']} | {row['render_pixels']:,} | "
+                         f"{row['page_tokens_at_most']} |")
+        if "real_size_colqwen2" in v:
+            r = v["real_size_colqwen2"]
+            lines.append(f"| random ColQwen2 of colqwen2-v1.0's shape (2.2 B parameters, 768 visual tokens a page at "
+                         f"most) | {round(1 / r['seconds_per_page'], 3)} ({r['seconds_per_page']} s a page, "
+                         f"{r['pages']} pages) | {768 * 28 * 28:,} | {r['page_vectors'][0][0]} (this page) |")
+        lines += ["", "Bytes one page's token vectors take in the JSON answer:", "",
+                  "| page | float (JSON numbers) | base64 (float32) | base64_float16 |", "|---|---|---|---|"]
+        for name, row in v["bytes_per_page"].items():
+            lines.append(f"| {name} | {row['float']:,} | {row['base64']:,} | {row['base64_float16']:,} |")
+        lines += ["", "`pool_factor` against ranking (tiny ColPali, 12 queries against 24 rendered pages; each "
+                  "query's MaxSim order of the pages with pooled vectors against the unpooled ones). A random model "
+                  "separates pages by little, so every change of order counts here: read these as a lower bound, "
+                  "and measure on your own corpus with the trained model.", "",
+                  "| pool_factor | vectors kept | top-1 kept | top-3 overlap | Kendall's tau |", "|---|---|---|---|---|"]
+        for row in v["pooling"]:
+            lines.append(f"| {row['pool_factor']} | {row['vectors_kept']} | {row['top1_kept']} | {row['top3_overlap']} "
+                         f"| {row['kendall_tau']} |")
+    if "backfill" in results:
+        b = results["backfill"]
+        lines += ["", "## Embedding a corpus", "",
+                  f"`src/corpus.py` embedding {b['rows']:,} short rows (all-MiniLM-L6-v2 at this CPU's default precision) "
+                  "through the local endpoint, by each `--via`, against the in-process engine's ceiling (the worker's "
+                  f"service without HTTP, 128 rows a call, 8 at once: {b['in_process_rows_per_s']:,} rows/s) and a plain "
+                  "sequential loop with the OpenAI SDK (128 rows a call); interleaved rounds, the client on the same two "
+                  "cores as the worker (`bench/backfill.py`).", "",
+                  "| client | rows/s (median) | rounds | of the in-process ceiling |", "|---|---|---|---|"]
+        for name, row in b["rows_per_s"].items():
+            lines.append(f"| {name} | {row['median']:,} | {', '.join(map(str, row['rounds']))} | {row['of_ceiling']} |")
+        memory = "; ".join(f"{rows}: {m['peak_mb']} MB peak RSS ({m['seconds']} s)" for rows, m in b["client_memory"].items())
+        lines += ["", f"The client's memory, against a stand-in endpoint that answers at once: {memory}. It reads the "
+                  "corpus a slice at a time and writes each answer as it arrives; what grows is the duplicate-id check, "
+                  "8 bytes a row."]
     if "audio" in results:
         a = results["audio"]
         lines += ["", "## Audio", "",

@@ -7,7 +7,7 @@
 
 Writes docs/benchmarks.json, docs/benchmarks.png and docs/BENCHMARKS.md. One module per
 measurement: `throughput` (with `servers` and `peers`), `batching`, `cold_start`, `quality`, `load`,
-`serving_profile`, `compute`, `images`, `faults`, `hostile`, `priced`, `long_inputs`, `int8`, `limit`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
+`serving_profile`, `compute`, `images`, `faults`, `hostile`, `priced`, `long_inputs`, `int8`, `limit`, `visual`, `backfill`; `report` writes the results. Uses the bundled all-MiniLM-L6-v2,
 loaded offline from `.cache/huggingface` (`make bundled-model` puts it there).
 """
 
@@ -40,6 +40,8 @@ import limit  # noqa: E402
 import long_inputs  # noqa: E402
 import precisions  # noqa: E402
 import overhead  # noqa: E402
+import visual  # noqa: E402
+import backfill  # noqa: E402
 import priced  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
@@ -48,7 +50,7 @@ from common import ENV, HF_HOME, ROOT  # noqa: E402
 
 STEPS = ["hardware", "defaults", "same dtype", "workloads", "sweep", "batching", "cold start", "imports", "quality",
          "profile", "payloads", "load", "soak", "flops", "attention", "workload profile", "backends", "images", "audio",
-         "faults", "hybrid", "hostile", "priced", "overhead", "latency", "long inputs", "int8", "limit", "precisions"]
+         "faults", "hybrid", "hostile", "priced", "overhead", "latency", "long inputs", "int8", "limit", "precisions", "visual", "backfill"]
 
 
 def auto_dtype() -> str:
@@ -125,6 +127,8 @@ def run_step(step: str, scale: float, quick: bool, rounds: int) -> dict:
         "int8": lambda: {"int8": int8.int8()},
         "limit": lambda: {"limit": limit.limit(rounds, scale)},
         "precisions": lambda: {"precisions": precisions.precisions(rounds, scale)},
+        "visual": lambda: {"visual": visual.visual(quick)},
+        "backfill": lambda: {"backfill": backfill.backfill(rounds, quick)},
     }
     return steps[step]()
 

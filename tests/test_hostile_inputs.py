@@ -206,9 +206,9 @@ def test_multi_vector_base64_is_one_matrix_per_text_equal_to_the_floats(worker):
 
 
 def test_a_dense_only_request_to_a_three_output_model_computes_no_token_vectors():
-    from embedding_worker.engine.hybrid import DENSE, MULTI_VECTOR, SPARSE, detect
-    from embedding_worker.engine.hybrid.encoders import M3Encoder
-    from embedding_worker.engine.hybrid.vectors import HybridText
+    from embedding_worker.engine.kinds.hybrid import DENSE, MULTI_VECTOR, SPARSE, detect
+    from embedding_worker.engine.kinds.hybrid.encoders import M3Encoder
+    from embedding_worker.engine.kinds.hybrid.vectors import HybridText
 
     class Args:
         dtype, device = "float32", None

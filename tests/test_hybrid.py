@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import EMBEDDER_ID, start_worker
-from embedding_worker.engine.hybrid import detect
+from embedding_worker.engine.kinds.hybrid import detect
 from embedding_worker.errors import ModelLoadError
 
 DATA = Path(__file__).parent / "data" / "hybrid"

@@ -169,11 +169,11 @@ def test_bad_images_fail_in_one_line_and_the_worker_serves_on(served, image_serv
 def test_images_at_the_per_request_bound_and_bad_item_shapes(served):
     assert len(served.run({"model": "clip", "input": [{"image": data_uri(1)}] * 4})["data"]) == 4
     assert served.run({"model": "clip", "modality": "video", "input": ["x"]}) == {
-        "error": "modality: Input should be 'text', 'image' or 'audio'"}
+        "error": "modality: Input should be 'text', 'image', 'audio' or 'pdf'"}
     assert served.run({"model": "clip", "input": [{"image": 7}]}) == {
         "error": "input: item 0: image must be a non-empty string"}
     assert served.run({"model": "clip", "input": [{"image": "x", "text": "y"}]})["error"].startswith(
-        'input: item 0 must be a string, {"text": ...}, {"image": ...} or {"audio": ...}')
+        'input: item 0 must be a string, {"text": ...}, {"image": ...}, {"audio": ...} or {"pdf": ...}')
     assert served.run({"model": "clip", "modality": "image", "input": [""]}) == {
         "error": "input: item 0: image must be a non-empty string"}
 

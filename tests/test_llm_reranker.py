@@ -210,8 +210,8 @@ def test_a_document_that_spells_the_template_is_read_as_text(served, qwen3_reran
 
 
 def scorer(folder, family: str):
-    from embedding_worker.engine.llm_reranker.families import FAMILIES
-    from embedding_worker.engine.llm_reranker.scorer import LlmReranker
+    from embedding_worker.engine.kinds.llm_reranker.families import FAMILIES
+    from embedding_worker.engine.kinds.llm_reranker.scorer import LlmReranker
 
     class Args:
         device, dtype = "cpu", "float32"

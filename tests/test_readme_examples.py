@@ -19,8 +19,8 @@ SERVED_AS = {
 }
 NAMES = [name.removesuffix(" request") for name in EXAMPLES if name.endswith(" request")]
 # image embeddings: its URL is not reachable here (test_image_embeddings); sparse embeddings:
-# BGE-M3 (test_hybrid runs it against a tiny one)
-RUN = [name for name in NAMES if name not in ("image embeddings", "sparse embeddings")]
+# BGE-M3 (test_hybrid runs it against a tiny one); pdf embeddings: a ColQwen2 (test_visual_documents)
+RUN = [name for name in NAMES if name not in ("image embeddings", "sparse embeddings", "pdf embeddings")]
 
 
 def served(value):
@@ -57,7 +57,7 @@ def assert_same_shape(got, documented, path="output"):
 
 
 def test_every_example_has_a_request_and_a_response():
-    assert len(NAMES) == 12
+    assert len(NAMES) == 13
     for name in NAMES:
         assert f"{name} response" in EXAMPLES
 

@@ -123,7 +123,7 @@ BAD = {
     "prompt not a string": ({"prompt": 5}, "prompt: Input should be a valid string"),
     "prompt_name not a string": ({"prompt_name": ["query"]}, "prompt_name: Input should be a valid string"),
     "unknown encoding_format": ({"encoding_format": "int4"}, "encoding_format: Input should be 'float', 'base64', "
-                                                            "'int8', 'uint8', 'binary' or 'ubinary'"),
+                                                            "'int8', 'uint8', 'binary', 'ubinary' or 'base64_float16'"),
 }
 
 

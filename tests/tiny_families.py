@@ -199,3 +199,60 @@ def clap(folder: Path) -> Path:
     )
     ClapModel(config).eval().save_pretrained(folder)
     return folder
+
+
+def colpali(folder: Path) -> Path:
+    """A ColPali as `vidore/colpali-v1.3-hf` ships (`ColPaliForRetrieval`, `ColPaliProcessor`):
+    a 2-layer Gemma and SigLIP tower on 56-pixel pictures (16 image tokens), 16-dimensional
+    token vectors, a byte-level BPE wrapped as Gemma's tokenizer."""
+    import torch
+    from transformers import (ColPaliConfig, ColPaliForRetrieval, ColPaliProcessor, GemmaTokenizerFast,
+                              PaliGemmaConfig, SiglipImageProcessor)
+
+    bpe, _ = bpe_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>", "<image>"], "<bos> $A", "<pad>", bos_token="<bos>",
+                           eos_token="<eos>", unk_token="<unk>")
+    tokenizer = GemmaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>", add_bos_token=False, add_eos_token=False)
+    images = SiglipImageProcessor(size={"height": 56, "width": 56})
+    images.image_seq_length = 16
+    processor = ColPaliProcessor(image_processor=images, tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    torch.manual_seed(3)
+    vlm = PaliGemmaConfig(
+        text_config={"model_type": "gemma", "vocab_size": len(processor.tokenizer), "hidden_size": 32,
+                     "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 256},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 56, "patch_size": 14, "projection_dim": 32},
+        image_token_index=processor.image_token_id, projection_dim=32, hidden_size=32)
+    ColPaliForRetrieval(ColPaliConfig(vlm_config=vlm, embedding_dim=16)).eval().save_pretrained(folder)
+    return folder
+
+
+def colqwen2(folder: Path) -> Path:
+    """A ColQwen2 as `vidore/colqwen2-v1.0-hf` ships (`ColQwen2ForRetrieval`, `ColQwen2Processor`):
+    a 2-layer Qwen2-VL on pictures of 4 to 16 merged patches (its own resolution per picture),
+    16-dimensional token vectors, a byte-level BPE wrapped as Qwen2's tokenizer, padded on the left."""
+    import torch
+    from transformers import (ColQwen2Config, ColQwen2ForRetrieval, ColQwen2Processor, Qwen2TokenizerFast,
+                              Qwen2VLConfig, Qwen2VLImageProcessor)
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]
+    bpe, ids = bpe_tokenizer(specials, "$A", "<|endoftext|>", padding_side="left", eos_token="<|im_end|>")
+    tokenizer = Qwen2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   unk_token=None, padding_side="left")
+    images = Qwen2VLImageProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16, patch_size=14, merge_size=2,
+                                   temporal_patch_size=2)
+    ColQwen2Processor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    torch.manual_seed(4)
+    vlm = Qwen2VLConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 512,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2, "in_chans": 3},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    ColQwen2ForRetrieval(ColQwen2Config(vlm_config=vlm, embedding_dim=16)).eval().save_pretrained(folder)
+    return folder

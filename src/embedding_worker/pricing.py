@@ -8,7 +8,10 @@ MAX_REQUEST_TOKENS before the service computes anything. A request is read as:
 - each rerank pair: a cross-encoder reads the query again with every document; an LLM
   reranker tokenizes the query and instruction once, then lays every pair out with its
   template, whose tokens count per pair; a late-interaction model reads the query once;
-- a chunked text: every window, each with the prompt and the model's special tokens again.
+- a chunked text: every window, each with the prompt and the model's special tokens again;
+- a page-reading model's picture (an image, a PDF's listed page, or one page of a PDF that
+  lists none: its renderer holds the rest to MAX_PDF_PAGES before rendering) as the most
+  tokens a page gives.
 
 The price is an upper bound that costs nothing to work out: no tokenizer makes more tokens of
 a text than its UTF-8 bytes plus one (a byte-level BPE makes at most one a byte; WordPiece and
@@ -30,6 +33,7 @@ from embedding_worker.api.schemas import (
     ClassifyRequest,
     CohereEmbedRequest,
     EmbeddingRequest,
+    PdfInput,
     RerankRequest,
     TokenizeRequest,
 )
@@ -100,7 +104,17 @@ def _texts(items: list, model: DeployedModel, prefix: str, chunked: bool) -> Rea
 
 
 def _embeddings(request: EmbeddingRequest, model: DeployedModel, prefix: str, chunked: bool) -> Reading:
-    return _texts(request.input, model, prefix, chunked)
+    read = _texts(request.input, model, prefix, chunked)
+    read.fixed += _pictures(request.input, model)
+    return read
+
+
+def _pictures(items: list, model: DeployedModel) -> int:
+    """The tokens a page-reading model reads of the pictures and PDF pages in `items`."""
+    if not model.page_tokens:
+        return 0
+    pages = sum(len(item.pages or [0]) if isinstance(item, PdfInput) else 1 for item in items if not isinstance(item, str))
+    return pages * model.page_tokens
 
 
 def _cohere(request: CohereEmbedRequest, model: DeployedModel, prefix: str, chunked: bool) -> Reading:
@@ -130,7 +144,9 @@ def _rerank(request: RerankRequest, model: DeployedModel, prefix: str, chunked: 
         read.add(request.query, documents)
         read.fixed = documents * (before + after + 1)
     for document in request.docs:
-        read.add(document)
+        if isinstance(document, str):
+            read.add(document)
+    read.fixed += _pictures(request.docs, model)
     return read
 
 

@@ -15,8 +15,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from embedding_worker import compact, outputs, pricing
+from embedding_worker.media import pdf
 from embedding_worker.media.audio import Audio
-from embedding_worker.media.fetch import MediaLimits, prepare_media
+from embedding_worker.media.fetch import MediaError, MediaLimits, RequestBytes, fetch_all, prepare_media
 from embedding_worker.media.images import Images
 from embedding_worker.api.schemas import (
     AudioInput,
@@ -36,6 +37,7 @@ from embedding_worker.api.schemas import (
     ModelCard,
     ModelList,
     ModelStats,
+    PdfInput,
     RerankRequest,
     RerankResponse,
     RerankResult,
@@ -45,7 +47,7 @@ from embedding_worker.api.schemas import (
     Usage,
 )
 from embedding_worker.engine.deployed import DeployedModel
-from embedding_worker.engine.hybrid.vectors import HybridText, HybridVectors
+from embedding_worker.engine.kinds.hybrid.vectors import HybridText, HybridVectors
 from embedding_worker.engine.model_kind import DENSE, MULTI_VECTOR, SPARSE, RerankQuery
 from embedding_worker.engine.registry import EngineRegistry
 from embedding_worker.engine.token_inputs import TokenIds
@@ -89,6 +91,12 @@ class EmbeddingService:
         model.require("embed")
         types = request.embedding_types or [model.embedding_types[0]]
         _check_embedding_types(model, request, types)
+        if model.traits.reads_pages:
+            data, tokens = await self._pages(model, request, types)
+            return EmbeddingResponse.model_construct(model=model.name, data=data, usage=Usage.of(tokens))
+        if (first := next((i for i, item in enumerate(request.input) if isinstance(item, PdfInput)), None)) is not None:
+            raise InvalidRequest(f"input: item {first} is a PDF; model {model.name!r} reads no pages: PDFs are embedded "
+                                 "by page-reading models (ColPali, ColQwen2)")
         if request.dimensions is not None and model.embedding_dimension is not None:
             _check_dimensions(request.dimensions, model.embedding_dimension, model.name)
         if DENSE in types and model.embedding_dimension is not None:
@@ -213,9 +221,86 @@ class EmbeddingService:
             outputs.require_output_budget(sum(v.multi_vector.size for v in vectors), self.max_output_values,
                                           "token vectors")
             scale = await self._int8_scale(model, MULTI_VECTOR, None) if "int8" in request.encoding_format else None
-            found[MULTI_VECTOR] = [outputs.multi_vector(v.multi_vector, request.encoding_format, scale)
-                                   for v in vectors]
+            matrices = [v.multi_vector for v in vectors]
+            if request.pool_factor is not None and not query:
+                matrices = await asyncio.to_thread(_pooled, matrices, request.pool_factor)
+            found[MULTI_VECTOR] = [outputs.multi_vector(m, request.encoding_format, scale) for m in matrices]
         return found, tokens
+
+    async def _pages(self, model: DeployedModel, request: EmbeddingRequest,
+                     types: list[str]) -> tuple[list[Embedding], int]:
+        """A page-reading model's token vectors: a text is a query, an image a page, a PDF
+        one entry a page (with its `page`); `pool_factor` merges the pages' vectors; usage
+        counts every token the model read, the pages' included."""
+        if request.encoding_format not in PAGE_FORMATS:
+            raise InvalidRequest(f"encoding_format: model {model.name!r} gives token vectors as "
+                                 f"{', '.join(PAGE_FORMATS)}; got {request.encoding_format}")
+        for i, item in enumerate(request.input):
+            if not isinstance(item, (str, ImageInput, PdfInput)):
+                raise InvalidRequest(f"input: item {i} is audio; model {model.name!r} reads texts, images and PDFs")
+        prefix = model.prompts.prefix(model.name, request.input_type, request.prompt_name, request.prompt)
+        queries = {i: prefix + item for i, item in enumerate(request.input) if isinstance(item, str)}
+        pictures = {i: item.image for i, item in enumerate(request.input) if isinstance(item, ImageInput)}
+        pdfs = {i: item for i, item in enumerate(request.input) if isinstance(item, PdfInput)}
+        page_values = (model.page_tokens or 1) * (model.embedding_dimension or 1)
+        outputs.require_output_budget(len(pictures) * page_values, self.max_output_values, "token vectors")
+        tally = RequestBytes(self.media_limits.max_request_bytes)
+        prepared = await prepare_media([(Images(model.image_side), pictures)], self.media_limits, tally)
+        rendered = await self._rendered_pages(model, pdfs, tally, len(pictures))
+        await self.registry.start()
+        found: dict[tuple[int, int | None], np.ndarray] = {}
+        if queries:
+            vectors, _ = await self.registry.call(model, lambda: model.engine.embed(list(queries.values())),
+                                                  list(queries.values()))
+            found.update(((i, None), v) for i, v in zip(queries, vectors))
+        for batch in prepared:
+            async for decoded in batch.batches(model.spec.batch_size):
+                found.update(zip(((i, None) for i in decoded), await self._picture_vectors(model, list(decoded.values()))))
+        for start in range(0, len(rendered), model.spec.batch_size):
+            part = rendered[start:start + model.spec.batch_size]
+            found.update(zip((key for key, _ in part), await self._picture_vectors(model, [p for _, p in part])))
+        tokens = sum(len(v) for v in found.values())
+        for matrix in found.values():
+            _require_finite(matrix, model)
+        documents = [key for key in found if key[0] not in queries]
+        if request.pool_factor is not None and documents:
+            pooled = await asyncio.to_thread(_pooled, [found[key] for key in documents], request.pool_factor)
+            found.update(zip(documents, pooled))
+        outputs.require_output_budget(sum(v.size for v in found.values()), self.max_output_values, "token vectors")
+        pages_of: dict[int, list[tuple[int, int]]] = {i: [] for i in pdfs}
+        for key, _ in rendered:
+            pages_of[key[0]].append(key)
+        data = []
+        for index, page in (key for i in range(len(request.input)) for key in pages_of.get(i, [(i, None)])):
+            vector = outputs.multi_vector(found[(index, page)], request.encoding_format)
+            data.append(Embedding.model_construct(index=index, page=page, **(
+                {"embedding": vector} if request.embedding_types is None else {"embeddings": {types[0]: vector}})))
+        return data, tokens
+
+    async def _rendered_pages(self, model: DeployedModel, pdfs: dict[int, PdfInput], tally: RequestBytes,
+                              pictures: int) -> list[tuple[tuple[int, int], object]]:
+        """((input index, page), picture) for every asked page of every PDF, in order; each
+        PDF's page count, pages and page sizes are checked before it is rendered, against the
+        pages the request has left (MAX_PDF_PAGES, and MAX_OUTPUT_VALUES at the model's most
+        tokens a page)."""
+        if not pdfs:
+            return []
+        data = await fetch_all({i: item.pdf for i, item in pdfs.items()}, self.media_limits, "pdf", tally)
+        page_values = (model.page_tokens or 1) * (model.embedding_dimension or 1)
+        left = min(self.media_limits.max_pdf_pages, self.max_output_values // page_values - pictures)
+        rendered: list[tuple[tuple[int, int], object]] = []
+        for i, item in pdfs.items():
+            try:
+                pages = await pdf.render(data.pop(i), item.pages, model.page_pixels or 448 * 448, max(left, 0))
+            except MediaError as exc:
+                raise InvalidRequest(f"input: item {i}: {exc}") from None
+            left -= len(pages)
+            rendered += [((i, number), picture) for number, picture in pages]
+        return rendered
+
+    async def _picture_vectors(self, model: DeployedModel, pictures: list) -> list[np.ndarray]:
+        vectors, _ = await self.registry.call(model, partial(model.engine.image_embed, images=pictures), pictures)
+        return list(vectors)
 
     async def _hybrid_vectors(self, model: DeployedModel, texts: list[str]) -> tuple[list[HybridVectors], int]:
         found, tokens = await self.registry.call(model, lambda: model.engine.embed(texts), texts)
@@ -332,7 +417,17 @@ class EmbeddingService:
                 "is a cross-encoder"
             raise InvalidRequest(f"instruction: model {model.name!r} {what} and takes no instruction; "
                                  "LLM rerankers (Qwen3-Reranker, mxbai-rerank-v2) do")
+        pictures = [i for i, document in enumerate(request.docs) if isinstance(document, ImageInput)]
+        if model.traits.reads_pages and len(pictures) < len(request.docs):
+            first = next(i for i, document in enumerate(request.docs) if not isinstance(document, ImageInput))
+            raise InvalidRequest(f"documents: item {first} is text; model {model.name!r} scores pictures of pages: "
+                                 'send each document as {"image": ...}')
+        if pictures and not model.traits.reads_pages:
+            raise InvalidRequest(f"documents: item {pictures[0]} is an image; model {model.name!r} scores text "
+                                 "documents (page-reading models such as ColPali score images)")
         await self.registry.start()
+        if model.traits.reads_pages:
+            return await self._rerank_pages(model, request, document_objects)
         if model.traits.scores_token_vectors is not None:
             return await self._rerank_by_token_vectors(model, request, document_objects)
         query = RerankQuery(request.query, instruction)
@@ -366,6 +461,26 @@ class EmbeddingService:
         results = [RerankResult(index=int(i), relevance_score=float(scores[i]),
                                 document=_document(request.docs[i], document_objects) if request.return_docs else None)
                    for i in order]
+        return RerankResponse.model_construct(model=model.name, results=results, usage=Usage.of(tokens))
+
+    async def _rerank_pages(self, model: DeployedModel, request: RerankRequest,
+                            document_objects: bool) -> RerankResponse:
+        """A page-reading model's rerank: the query's and each page's token vectors, scored
+        by MaxSim (the model processor's `score_retrieval`)."""
+        references = {i: document.image for i, document in enumerate(request.docs)}
+        prepared = await prepare_media([(Images(model.image_side), references)], self.media_limits)
+        query, _ = await self.registry.call(model, lambda: model.engine.embed([request.query]), [request.query])
+        pages: dict[int, np.ndarray] = {}
+        for batch in prepared:
+            async for decoded in batch.batches(model.spec.batch_size):
+                pages.update(zip(decoded, await self._picture_vectors(model, list(decoded.values()))))
+        documents = [pages[i] for i in range(len(request.docs))]
+        scores = model.traits.scores_token_vectors(query[0], documents)
+        _require_finite(scores, model)
+        order = np.argsort(-scores, kind="stable")[: request.top_n]
+        results = [RerankResult(index=int(i), relevance_score=float(scores[i]),
+                                document=request.docs[i] if request.return_docs else None) for i in order]
+        tokens = len(query[0]) + sum(len(d) for d in documents)
         return RerankResponse.model_construct(model=model.name, results=results, usage=Usage.of(tokens))
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResponse:
@@ -445,10 +560,17 @@ def _card(model: DeployedModel) -> ModelCard:
             embedding_dimension=model.embedding_dimension,
             max_input_tokens=model.max_input_tokens,
             prompts=model.prompts.names if "embed" in model.capabilities else None,
-            modalities=["text", *(kind for kind in ("image", "audio") if f"{kind}_embed" in model.capabilities)],
+            modalities=["text", *(kind for kind in ("image", "audio") if f"{kind}_embed" in model.capabilities),
+                        *(["pdf"] if model.traits.reads_pages else [])],
             embedding_types=list(model.embedding_types) if "embed" in model.capabilities else None,
         ),
     )
+
+
+def _pooled(matrices: list[np.ndarray], pool_factor: int) -> list[np.ndarray]:
+    from embedding_worker.engine.kinds.visual_documents.pooling import pool
+
+    return [pool(matrix, pool_factor) for matrix in matrices]
 
 
 def _document(text: str, as_object: bool) -> DocumentText | str:
@@ -475,6 +597,12 @@ def _check_embedding_types(model: DeployedModel, request: EmbeddingRequest, type
     if request.dimensions is not None and DENSE not in types:
         raise InvalidRequest(f"dimensions: applies to dense embeddings only; this request asks for {', '.join(types)} "
                              f"(model {model.name!r} gives: {gives})")
+    if request.encoding_format == "base64_float16" and types != [MULTI_VECTOR]:
+        raise InvalidRequest(f"encoding_format: base64_float16 applies to multi_vector embeddings only; this request "
+                             f"asks for {', '.join(types)}: send base64 (float32)")
+    if request.pool_factor is not None and MULTI_VECTOR not in types:
+        raise InvalidRequest(f"pool_factor: applies to multi_vector embeddings only; this request asks for "
+                             f"{', '.join(types)} (model {model.name!r} gives: {gives})")
     if request.max_active_dims is not None and SPARSE not in types:
         raise InvalidRequest(f"max_active_dims: applies to sparse embeddings only; this request asks for "
                              f"{', '.join(types)} (model {model.name!r} gives: {gives})")
@@ -496,6 +624,8 @@ def _check_dimensions(dimensions: int, model_dimension: int, model_name: str, fi
             f"got {dimensions}"
         )
 
+
+PAGE_FORMATS = ("float", "base64", "base64_float16")  # what a page-reading model's vectors come as
 
 # Cohere's input types that the model's prompts know as input types (`prompts.prefix`); the
 # others are looked up by their own name among the model's prompts

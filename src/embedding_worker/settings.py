@@ -52,7 +52,7 @@ class ModelSpec(BaseModel):
     dtype: str  # an Infinity `Dtype` name
     backend: Backend
     prompts: dict[str, str] | None = None  # MODEL_PROMPTS: added to the model's own prompts
-    kind: str = "auto"  # MODEL_KINDS: how to read its files (`engine/kinds.py`)
+    kind: str = "auto"  # MODEL_KINDS: how to read its files (`engine/kinds/__init__.py`)
 
 
 def _split(value: str) -> list[str]:
@@ -93,6 +93,7 @@ class WorkerSettings(BaseSettings):
     max_audio_samples: int = 5_760_000  # frames x channels per clip: 60 s of 48 kHz stereo
     max_request_audio_samples: int = 100_000_000  # all a request's clips together
     max_audio_sample_rate: int = 192_000  # Hz
+    max_pdf_pages: int = 32  # PDF pages one request embeds (each about 1,030 token vectors on ColPali)
     max_output_values: int = 2**23  # numbers in one response: 2,048 vectors of 4,096 dimensions
     # tokens one request is read as (prompts and rerank queries counted each time they are read): the
     # largest body RunPod takes (30 MB) of plain text, and no field may multiply it
@@ -174,6 +175,7 @@ class WorkerSettings(BaseSettings):
         "max_audio_samples",
         "max_request_audio_samples",
         "max_audio_sample_rate",
+        "max_pdf_pages",
         "max_output_values",
         "max_request_tokens",
         "model_download_timeout",
@@ -292,6 +294,7 @@ class WorkerSettings(BaseSettings):
             max_pixels=self.max_image_pixels, max_request_pixels=self.max_request_pixels,
             max_audio_seconds=self.max_audio_seconds, max_audio_samples=self.max_audio_samples,
             max_request_audio_samples=self.max_request_audio_samples, max_sample_rate=self.max_audio_sample_rate,
+            max_pdf_pages=self.max_pdf_pages,
         )
 
     def export_engine_environment(self) -> None:

@@ -140,13 +140,41 @@ class AudioInput(BaseModel):
     audio: str
 
 
-MEDIA = {"image": ImageInput, "audio": AudioInput}
+class PdfInput(BaseModel):
+    """A PDF whose pages to embed (a page-reading model's): an http(s) URL, a
+    `data:application/pdf;base64,...` URI, or bare base64; `pages`: which (0-based, in the
+    order given), every page where absent."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pdf: str
+    pages: list[int] | None = None
 
 
-def _embedding_items(value: Any, limits: RequestLimits, modality: str) -> list[str | ImageInput | AudioInput]:
-    """`input` of an embeddings request: texts, `{"text"}`, `{"image"}` and `{"audio"}`
-    objects, mixed; with `modality: "image"` or `"audio"`, plain strings are references of
-    that kind."""
+MEDIA = {"image": ImageInput, "audio": AudioInput, "pdf": PdfInput}
+MAX_PAGES_LISTED = 10_000  # numbers one `pages` may hold (MAX_PDF_PAGES bounds what is rendered)
+
+
+def _pdf_item(item: dict, position: int) -> PdfInput:
+    """`{"pdf": ..., "pages": [...]}`: the reference, and the pages as non-negative integers."""
+    pages = item.get("pages")
+    if pages is not None:
+        if not isinstance(pages, list) or not pages:
+            raise ValueError(f"item {position}: pages must be a non-empty list of page numbers (from 0), "
+                             f"got {json_type(pages)}")
+        if len(pages) > MAX_PAGES_LISTED:
+            raise ValueError(f"item {position}: pages lists {len(pages):,} numbers; at most {MAX_PAGES_LISTED:,}")
+        for page in pages:
+            if not isinstance(page, int) or isinstance(page, bool) or page < 0:
+                shown = page if isinstance(page, int) and not isinstance(page, bool) else json_type(page)
+                raise ValueError(f"item {position}: pages must hold page numbers from 0, got {shown}")
+    return PdfInput.model_construct(pdf=item["pdf"], pages=pages)
+
+
+def _embedding_items(value: Any, limits: RequestLimits, modality: str) -> list[str | ImageInput | AudioInput | PdfInput]:
+    """`input` of an embeddings request: texts, `{"text"}`, `{"image"}`, `{"audio"}` and
+    `{"pdf"[, "pages"]}` objects, mixed; with `modality: "image"`, `"audio"` or `"pdf"`,
+    plain strings are references of that kind."""
     if modality == "text" and not isinstance(value, dict) and not (
             isinstance(value, list) and any(isinstance(item, dict) for item in value)):
         return _texts(value, limits)  # text only: the common case
@@ -158,26 +186,32 @@ def _embedding_items(value: Any, limits: RequestLimits, modality: str) -> list[s
         raise ValueError("must not be an empty list")
     if len(value) > limits.max_embed_inputs:
         raise ValueError(f"has {len(value)} items; the limit is {limits.max_embed_inputs} (MAX_EMBED_INPUTS)")
-    items: list[str | ImageInput | AudioInput] = []
+    items: list[str | ImageInput | AudioInput | PdfInput] = []
     for position, item in enumerate(value):
-        if isinstance(item, dict) and set(item) in ({"text"}, {"image"}, {"audio"}):
-            kind, content = next(iter(item.items()))
+        if isinstance(item, dict) and set(item) in ({"text"}, {"image"}, {"audio"}, {"pdf"}, {"pdf", "pages"}):
+            kind, content = ("pdf", item["pdf"]) if "pdf" in item else next(iter(item.items()))
         elif isinstance(item, str):
             kind, content = modality, item
         else:
-            raise ValueError(f'item {position} must be a string, {{"text": ...}}, {{"image": ...}} or '
-                             f'{{"audio": ...}}, got {json_type(item)}')
+            raise ValueError(f'item {position} must be a string, {{"text": ...}}, {{"image": ...}}, '
+                             f'{{"audio": ...}} or {{"pdf": ...}}, got {json_type(item)}')
         if not isinstance(content, str) or not content:
             raise ValueError(f"item {position}: {kind} must be a non-empty string")
-        items.append(MEDIA[kind](**{kind: content}) if kind in MEDIA else _bounded_text(content, limits, f"item {position} "))
+        if kind == "pdf":
+            items.append(_pdf_item(item if isinstance(item, dict) else {"pdf": content}, position))
+        else:
+            items.append(MEDIA[kind](**{kind: content}) if kind in MEDIA
+                         else _bounded_text(content, limits, f"item {position} "))
     media = [type(item) for item in items if not isinstance(item, str)]
     if len(media) > limits.max_media:
-        noun = " and ".join(name for name, kind in (("images", ImageInput), ("audio clips", AudioInput)) if kind in media)
+        noun = " and ".join(name for name, kind in (("images", ImageInput), ("audio clips", AudioInput),
+                                                    ("PDFs", PdfInput)) if kind in media)
         raise ValueError(f"has {len(media)} {noun}; the limit is {limits.max_media} (MAX_MEDIA_PER_REQUEST)")
     return items
 
 
-EncodingFormat = Literal["float", "base64", "int8", "uint8", "binary", "ubinary"]
+# base64_float16: token vectors only, one matrix of little-endian float16 (half base64's bytes)
+EncodingFormat = Literal["float", "base64", "int8", "uint8", "binary", "ubinary", "base64_float16"]
 EmbeddingType = Literal["dense", "sparse", "multi_vector"]
 InputType = Literal["query", "document", "search_query", "search_document", "passage"]
 PROMPT_FIELDS = ("input_type", "prompt_name", "prompt")
@@ -186,9 +220,10 @@ PROMPT_FIELDS = ("input_type", "prompt_name", "prompt")
 class EmbeddingRequest(_Request):
     """OpenAI `/v1/embeddings` body; also the standard `{"model", "input"}` job."""
 
-    modality: Literal["text", "image", "audio"] = "text"  # "image", "audio": plain strings in `input` are those
-    input: list[str | ImageInput | AudioInput] = Field(description="texts, images and audio: strings, {text}, "
-                                                                   "{image}, {audio}")
+    # "image", "audio", "pdf": plain strings in `input` are those
+    modality: Literal["text", "image", "audio", "pdf"] = "text"
+    input: list[str | ImageInput | AudioInput | PdfInput] = Field(
+        description="texts, images, audio and PDFs: strings, {text}, {image}, {audio}, {pdf[, pages]}")
     encoding_format: EncodingFormat = "float"
     dimensions: StrictInt | None = Field(default=None, ge=1)  # keep the first N, then renormalise
     input_type: InputType | None = None  # picks the model's query or document prompt
@@ -201,6 +236,8 @@ class EmbeddingRequest(_Request):
     # which outputs, keyed in `data[i].embeddings`; none: the model's own in `data[i].embedding`
     embedding_types: list[EmbeddingType] | None = None
     max_active_dims: StrictInt | None = Field(default=None, ge=1)  # sparse: keep the k largest weights
+    # multi-vector documents: merge each one's token vectors into about tokens / pool_factor
+    pool_factor: StrictInt | None = Field(default=None, ge=2, le=1024)
 
     @field_validator("embedding_types", mode="before")
     @classmethod
@@ -221,7 +258,7 @@ class EmbeddingRequest(_Request):
 
     @field_validator("input", mode="before")
     @classmethod
-    def _input(cls, value: Any, info: ValidationInfo) -> list[str | ImageInput | AudioInput]:
+    def _input(cls, value: Any, info: ValidationInfo) -> list[str | ImageInput | AudioInput | PdfInput]:
         return _embedding_items(value, _limits(info), info.data.get("modality", "text"))
 
     @field_validator("prompt")
@@ -348,9 +385,13 @@ class ClassifyRequest(_TextsRequest):
     """`{"model", "input"}` sent to a classifier; also `openai_route: "/v1/classify"`."""
 
 
-def _document_text(value: Any, position: int, limits: RequestLimits) -> str:
+def _document_text(value: Any, position: int, limits: RequestLimits) -> str | ImageInput:
     if isinstance(value, dict) and "text" in value:  # Cohere/Jina document objects
         value = value["text"]
+    elif isinstance(value, dict) and set(value) == {"image"}:  # a page's picture
+        if not isinstance(value["image"], str) or not value["image"]:
+            raise ValueError(f"item {position}: image must be a non-empty string")
+        return ImageInput.model_construct(image=value["image"])
     if not isinstance(value, str):
         raise ValueError(f"item {position} must be a string, got {json_type(value)}")
     return _bounded_text(value, limits, f"item {position} ")
@@ -360,7 +401,8 @@ class RerankRequest(_Request):
     """Standard rerank job (`docs`, `return_docs`) or Cohere/Jina body (`documents`, ...)."""
 
     query: str
-    docs: list[str] = Field(validation_alias=AliasChoices("docs", "documents"))
+    # texts; `{"image"}` pictures of pages for a page-reading model
+    docs: list[str | ImageInput] = Field(validation_alias=AliasChoices("docs", "documents"))
     top_n: StrictInt | None = Field(default=None, ge=1)  # only the best N results
     return_docs: StrictBool = Field(
         default=False, validation_alias=AliasChoices("return_docs", "return_documents")
@@ -386,7 +428,7 @@ class RerankRequest(_Request):
 
     @field_validator("docs", mode="before")
     @classmethod
-    def _documents(cls, value: Any, info: ValidationInfo) -> list[str]:
+    def _documents(cls, value: Any, info: ValidationInfo) -> list[str | ImageInput]:
         # A plain string must not reach the engine: Infinity would rank its characters.
         if not isinstance(value, list) or not value:
             got = "an empty list" if value == [] else json_type(value)
@@ -421,6 +463,7 @@ class Base64Matrix(BaseModel):
 
     shape: list[int]
     base64: str
+    dtype: Literal["float16"] | None = None  # encoding_format base64_float16; float32 where absent
 
 
 # floats; integers for int8, uint8, binary and ubinary; base64 of little-endian float32
@@ -434,6 +477,7 @@ class Embedding(BaseModel):
     embedding: AnyEmbedding | None = None  # the model's own output type
     embeddings: dict[str, AnyEmbedding] | None = None  # keyed by the request's embedding_types
     index: int
+    page: int | None = None  # a PDF's page (0-based); its item's `index`
 
 
 class EmbeddingResponse(BaseModel):
@@ -451,8 +495,8 @@ class RerankResult(BaseModel):
     index: int  # position of the document in the request's `docs`
     relevance_score: float
     # only with `return_docs`: the text (standard jobs), or {"text"} (the /v1/rerank route,
-    # as Cohere, Jina and vLLM answer)
-    document: DocumentText | str | None = None
+    # as Cohere, Jina and vLLM answer); a page's picture as it was sent, {"image"}
+    document: DocumentText | ImageInput | str | None = None
 
 
 class RerankResponse(BaseModel):

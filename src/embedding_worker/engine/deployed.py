@@ -31,8 +31,10 @@ class DeployedModel:
     tokenizer: Any = None  # a copy of the model's tokenizer, for counting and `tokenize`
     int8_scales: dict[tuple[str, int], float] = field(default_factory=dict)  # per type and dimensions
     activation_bytes_per_token: int | None = None  # one layer's live activations a token (None: unknown shape)
-    traits: Traits = PLAIN  # what its kind declares it gives (`engine/kinds.py`)
+    traits: Traits = PLAIN  # what its kind declares it gives (`engine/kinds/__init__.py`)
     image_side: int | None = None  # pixels: the side of an image-text model's input picture
+    page_pixels: int | None = None  # a page reader's: the pixels a PDF page is rendered at
+    page_tokens: int | None = None  # a page reader's: the most token vectors one page gives
     sampling_rate: int | None = None  # Hz: what an audio-text model takes
     # LLM rerankers: (the template's tokens around a pair, the most tokens of it the query takes)
     pair_template: tuple[int, int] | None = None

@@ -106,7 +106,8 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         if positions := fit_text_length(replica):
             log.info("model %r: text runs to the text tower's %d positions", spec.name, positions)
         fit_audio_model(replica, hardware.device, dtype)
-        if options.pack_cpu_weights and spec.backend is Backend.torch and hardware.device == "cpu" and dtype != "int8":
+        if (options.pack_cpu_weights and spec.backend is Backend.torch and hardware.device == "cpu" and dtype != "int8"
+                and getattr(replica, "packable", True)):
             from embedding_worker.engine.cpu.kernels import pack_linear_layers
             from embedding_worker.engine.cpu.real_tokens import compute_on_real_tokens
 
@@ -192,13 +193,16 @@ def _describe(engine: AsyncEmbeddingEngine) -> tuple[int | None, int | None]:
 
 
 def _media_inputs(model: object) -> dict[str, int | None]:
-    """What an image-text model's processor makes of a picture (its largest side in pixels)
-    and the sampling rate an audio-text model takes, read from Infinity's replica."""
+    """What an image-text model's processor makes of a picture (its largest side in pixels;
+    a page reader's pixels a page is rendered at) and the sampling rate an audio-text model takes, read from Infinity's replica."""
     processor = getattr(getattr(model, "processor", None), "image_processor", None)
     sides = [value for size in (getattr(processor, "size", None), getattr(processor, "crop_size", None))
              if isinstance(size, dict) for value in size.values() if isinstance(value, int)]
+    side = getattr(model, "image_side", None) or (max(sides) if sides else None)  # a page reader says its own
     rate = getattr(model, "sampling_rate", None)
-    return {"image_side": max(sides) if sides else None, "sampling_rate": rate if isinstance(rate, int) else None}
+    return {"image_side": side, "page_pixels": getattr(model, "page_pixels", None),
+            "page_tokens": getattr(model, "page_tokens", None),
+            "sampling_rate": rate if isinstance(rate, int) else None}
 
 
 def placement(replicas: list, device: str, dtype: str) -> tuple[str, str]:

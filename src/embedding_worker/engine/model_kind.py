@@ -28,6 +28,8 @@ class Traits:
     # Reranks from its own token vectors: (query's, each document's) -> one score per document
     # (a ColBERT's MaxSim); None: the engine's rerank
     scores_token_vectors: Callable[[np.ndarray, list[np.ndarray]], np.ndarray] | None = None
+    # Reads pictures of pages (a ColPali): images and PDFs are documents, texts are queries
+    reads_pages: bool = False
 
     @property
     def extra_capabilities(self) -> frozenset[str]:

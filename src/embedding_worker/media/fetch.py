@@ -58,6 +58,7 @@ class MediaLimits:
     max_audio_samples: int = 5_760_000  # MAX_AUDIO_SAMPLES: frames x channels per clip
     max_request_audio_samples: int = 100_000_000  # MAX_REQUEST_AUDIO_SAMPLES
     max_sample_rate: int = 192_000  # MAX_AUDIO_SAMPLE_RATE
+    max_pdf_pages: int = 32  # MAX_PDF_PAGES: per request
 
 
 class MediaError(Exception):
@@ -134,11 +135,8 @@ class MediaBatch:
 
     @classmethod
     async def prepare(cls, references: dict[int, str], limits: MediaLimits, kind: MediaKind,
-                      tally: _Tally) -> MediaBatch:
-        import httpx
-
-        async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-            data = await _each(references, lambda ref: _bytes_of(client, ref.strip(), limits, kind.name, tally))
+                      tally: RequestBytes) -> MediaBatch:
+        data = await fetch_all(references, limits, kind.name, tally)
         probes = await _each(data, lambda blob: _in_decoder(kind.probe, blob, limits))
         total, limit = sum(probe.units for probe in probes.values()), kind.request_limit(limits)
         if total > limit:
@@ -160,15 +158,24 @@ class MediaBatch:
             return await _in_decoder(self.kind.decode, data, self.limits)
 
 
-async def prepare_media(references: list[tuple[MediaKind, dict[int, str]]], limits: MediaLimits) -> list[MediaBatch]:
+async def prepare_media(references: list[tuple[MediaKind, dict[int, str]]], limits: MediaLimits,
+                        tally: RequestBytes | None = None) -> list[MediaBatch]:
     """Each kind's references (by input index) fetched, and every header read and checked;
     raise `InvalidRequest` for the first that fails, or when a request's total passes its
-    budget. Nothing is decoded yet."""
-    tally = _Tally(limits.max_request_bytes)
+    budget. Nothing is decoded yet. `tally`: the request's bytes so far (other media's)."""
+    tally = tally or RequestBytes(limits.max_request_bytes)
     return [await MediaBatch.prepare(found, limits, kind, tally) for kind, found in references if found]
 
 
-class _Tally:
+async def fetch_all(references: dict[int, str], limits: MediaLimits, kind: str, tally: RequestBytes) -> dict[int, bytes]:
+    """The bytes of each reference of `kind` (by input index), within the media budgets."""
+    import httpx
+
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+        return await _each(references, lambda ref: _bytes_of(client, ref.strip(), limits, kind, tally))
+
+
+class RequestBytes:
     """Bytes of media one request has brought in so far, against MAX_REQUEST_MEDIA_BYTES."""
 
     def __init__(self, limit: int) -> None:
@@ -192,11 +199,18 @@ async def _each(items: dict[int, Any], work: Callable[[Any], Any]) -> dict[int, 
     return dict(zip(items, done))
 
 
-async def _bytes_of(client, reference: str, limits: MediaLimits, kind: str, tally: _Tally) -> bytes:
+def media_type(kind: str) -> str:
+    """What a data URI of `kind` starts with and what a fetch accepts: `image/`, `audio/`,
+    `application/pdf`."""
+    return "application/pdf" if kind == "pdf" else f"{kind}/"
+
+
+async def _bytes_of(client, reference: str, limits: MediaLimits, kind: str, tally: RequestBytes) -> bytes:
     if reference.startswith("data:"):
         header, _, payload = reference.partition(",")
-        if not header.startswith(f"data:{kind}/") or ";base64" not in header:
-            raise MediaError(f"a data URI must be data:{kind}/<type>;base64,<data>")
+        if not header.startswith(f"data:{media_type(kind)}") or ";base64" not in header:
+            shown = "application/pdf" if kind == "pdf" else f"{kind}/<type>"
+            raise MediaError(f"a data URI must be data:{shown};base64,<data>")
         return _base64(payload, limits.max_bytes, kind, tally)
     try:
         scheme = urlsplit(reference).scheme.lower() if "://" in reference[:12] else ""
@@ -211,25 +225,26 @@ async def _bytes_of(client, reference: str, limits: MediaLimits, kind: str, tall
                              "(MEDIA_FETCH_TIMEOUT)") from None
     if scheme or reference.split(":", 1)[0].lower() in ("file", "ftp", "gopher", "data", "javascript"):
         raise MediaError(f"the {scheme or reference.split(':', 1)[0]!r} scheme is not allowed; send an http(s) URL, "
-                         f"a data:{kind} URI or base64")
+                         f"a data:{media_type(kind).rstrip('/')} URI or base64")
     return _base64(reference, limits.max_bytes, kind, tally)
 
 
-def _base64(payload: str, max_bytes: int, kind: str, tally: _Tally) -> bytes:
+def _base64(payload: str, max_bytes: int, kind: str, tally: RequestBytes) -> bytes:
     if len(payload) * 3 // 4 > max_bytes:
         raise MediaError(f"the {_noun(kind)} has more than {max_bytes} bytes (MAX_MEDIA_BYTES)")
     tally.add(len(payload) * 3 // 4)
     try:
         return base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise MediaError(f"is neither an http(s) URL nor a data:{kind} URI, and not valid base64") from None
+        raise MediaError(f"is neither an http(s) URL nor a data:{media_type(kind).rstrip('/')} URI, and not valid "
+                         "base64") from None
 
 
 def _noun(kind: str) -> str:
-    return "audio clip" if kind == "audio" else kind
+    return {"audio": "audio clip", "pdf": "PDF"}.get(kind, kind)
 
 
-async def _fetch(client, url: str, limits: MediaLimits, kind: str, tally: _Tally) -> bytes:
+async def _fetch(client, url: str, limits: MediaLimits, kind: str, tally: RequestBytes) -> bytes:
     import httpx
 
     for _ in range(MAX_REDIRECTS + 1):
@@ -245,7 +260,8 @@ async def _fetch(client, url: str, limits: MediaLimits, kind: str, tally: _Tally
         host = f"[{address}]" if ":" in address else address
         netloc = host + (f":{port}" if port else "")
         pinned = parts._replace(netloc=netloc).geturl()
-        headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": f"{kind}/*"}
+        accept = media_type(kind) + ("*" if media_type(kind).endswith("/") else "")
+        headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "Accept": accept}
         try:
             async with client.stream("GET", pinned, headers=headers,
                                      extensions={"sni_hostname": parts.hostname}) as response:

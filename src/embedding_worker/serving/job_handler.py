@@ -24,6 +24,7 @@ from embedding_worker.serving import json_io
 from embedding_worker.serving.metrics import metrics
 
 log = logging.getLogger(__name__)
+MAX_CUSTOM_ID = 256
 
 
 class JobOutput(dict):
@@ -66,9 +67,18 @@ class JobHandler:
         self.limits = limits or RequestLimits()
 
     async def __call__(self, job: dict[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+        """The job's output; a standard job's `custom_id` (a string of at most 256 characters,
+        as OpenAI's Batch API has it) comes back in its output, so that a client of RunPod's
+        Batch API, whose results do not say which request they answer, can match them."""
         job_input = job.get("input") if isinstance(job, dict) else None
         job_id = job.get("id") if isinstance(job, dict) else None
-        return (await self.answer(job_input, job_id)).to_job_output()
+        custom_id = job_input.get("custom_id") if isinstance(job_input, dict) else None
+        if custom_id is not None and (not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID):
+            return {"error": f"custom_id: must be a string of 1 to {MAX_CUSTOM_ID} characters"}
+        output = (await self.answer(job_input, job_id)).to_job_output()
+        if custom_id is not None and isinstance(output, dict) and "error" not in output:
+            output["custom_id"] = custom_id
+        return output
 
     async def answer(self, job_input: Any, job_id: str | None = None) -> Answer:
         """The job's answer; one log line when it ends: id, route, model, items, time and,

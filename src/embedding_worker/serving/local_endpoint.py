@@ -8,6 +8,7 @@ Same URL layout and bodies as the deployed endpoint, so client code runs unchang
   `/v1/embeddings`, `/v1/rerank`, Cohere's `/v2/rerank`, `/v1/classify`, `/v1/tokenize`,
   Infinity's un-versioned `/rerank` and `/embeddings`), served by `http_api.py` as the
   load-balancing endpoint serves them at its root.
+- RunPod's Batch API: `/v2/{id}/batch...` (`batch_api.py`), its requests run as `/run` jobs.
 - `GET /metrics`: Prometheus' text format (`metrics.py`).
 Requests pass `http_defences.RequestGuard` first (host, origin, JSON, body size and time).
 """
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from embedding_worker.api.routes import error_shape
+from embedding_worker.serving.batch_api import batch_router
 from embedding_worker.serving.http_api import FastJSON, Refusal, api_router, json_body
 from embedding_worker.serving.http_defences import RequestGuard, error_body, looks_like_openai
 from embedding_worker.serving.job_handler import Answer, JobHandler
@@ -211,6 +213,7 @@ def create_app(worker: Worker | Callable[[], Worker | None], config: LocalEndpoi
             pass
 
     app.include_router(runpod_api)
+    app.include_router(batch_router(jobs, [Depends(authorized)]))
     app.include_router(api_router("/v2/{endpoint_id}/openai", openai_job, [Depends(authorized)], WhenLoaded()))
     app.add_api_route("/metrics", metrics_response, methods=["GET"], include_in_schema=False)
     app.add_api_route("/v2/{endpoint_id}/metrics", metrics_response, methods=["GET"], include_in_schema=False)
@@ -243,7 +246,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
         message = (f"{path} is not served here; the OpenAI API is under /v2/<endpoint id>/openai/v1/ (base_url "
                    f"\"{request.base_url}v2/local/openai/v1\")" if openai else
                    f"{path} is not served here; the API is under /v2/<endpoint id>/ "
-                   "(runsync, run, status, stream, cancel, purge-queue, health, openai/v1/...)")
+                   "(runsync, run, status, stream, cancel, purge-queue, health, batch, openai/v1/...)")
     if error_shape(path) == "cohere":  # Cohere's routes answer {"message"}, whatever went wrong
         return FastJSON({"message": message}, status_code=exc.status_code, headers=exc.headers)
     return FastJSON(error_body(exc.status_code, message, openai), status_code=exc.status_code, headers=exc.headers)

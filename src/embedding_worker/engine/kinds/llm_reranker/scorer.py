@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from infinity_emb.transformer.abstract import BaseCrossEncoder
 
-from embedding_worker.engine.llm_reranker.families import Family
+from embedding_worker.engine.kinds.llm_reranker.families import Family
 
 QUERY_SHARE = 0.5  # of a pair's room past its template: the most its query's piece may take when cut
 REMEMBERED_QUERIES = 16  # query pieces kept tokenized (the requests whose documents are in the pipeline)

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embedding_worker.engine.hybrid import KIND as HYBRID
+from embedding_worker.engine.kinds.hybrid import KIND as HYBRID
 from embedding_worker.engine.model_kind import PLAIN, Found, ModelKind, Traits
-from embedding_worker.engine.llm_reranker import KIND as LLM_RERANKERS
+from embedding_worker.engine.kinds.llm_reranker import KIND as LLM_RERANKERS
+from embedding_worker.engine.kinds.visual_documents import KIND as VISUAL_DOCUMENTS
 from embedding_worker.errors import ModelLoadError
 
 KINDS: tuple[ModelKind, ...] = (
     HYBRID,  # sparse and multi-vector: SPLADE, BGE-M3, PyLate ColBERT
     LLM_RERANKERS,  # causal LMs scored by "yes" against "no": Qwen3-Reranker, mxbai-rerank-v2
+    VISUAL_DOCUMENTS,  # page images and PDFs: ColPali, ColQwen2
 )
 AUTO, INFINITY = "auto", "infinity"
 

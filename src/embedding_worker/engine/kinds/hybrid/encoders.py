@@ -34,8 +34,8 @@ import torch
 from infinity_emb.transformer.abstract import BaseEmbedder
 from torch.nn import functional
 
-from embedding_worker.engine.hybrid.layouts import DENSE, MULTI_VECTOR, SPARSE, ColbertLayout, M3Layout, SparseLayout
-from embedding_worker.engine.hybrid.vectors import HybridText, HybridVectors, wants
+from embedding_worker.engine.kinds.hybrid.layouts import DENSE, MULTI_VECTOR, SPARSE, ColbertLayout, M3Layout, SparseLayout
+from embedding_worker.engine.kinds.hybrid.vectors import HybridText, HybridVectors, wants
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

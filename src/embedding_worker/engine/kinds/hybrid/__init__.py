@@ -1,14 +1,14 @@
 """Sparse and multi-vector embedding models (SPLADE, BGE-M3, PyLate ColBERT) served through
 Infinity's engine: `layouts` tells them apart, `encoders` runs them in Infinity's model
 interface, `vectors` holds what passes through the queue and ColBERT's MaxSim; `KIND`
-registers them (`engine/kinds.py`)."""
+registers them (`engine/kinds/__init__.py`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from embedding_worker.engine.hybrid.layouts import (
+from embedding_worker.engine.kinds.hybrid.layouts import (
     DENSE,
     EMBEDDING_TYPES,
     MULTI_VECTOR,
@@ -19,7 +19,7 @@ from embedding_worker.engine.hybrid.layouts import (
     SparseLayout,
     detect,
 )
-from embedding_worker.engine.hybrid.vectors import maxsim
+from embedding_worker.engine.kinds.hybrid.vectors import maxsim
 from embedding_worker.engine.model_kind import Found, Traits
 
 __all__ = ["DENSE", "EMBEDDING_TYPES", "KIND", "MULTI_VECTOR", "SPARSE", "Layout", "detect", "hybrid_engine"]
@@ -27,7 +27,7 @@ __all__ = ["DENSE", "EMBEDDING_TYPES", "KIND", "MULTI_VECTOR", "SPARSE", "Layout
 
 def hybrid_engine(layout: Layout, engine_args: Any) -> Any:
     """An Infinity `AsyncEmbeddingEngine` whose one replica is the layout's encoder."""
-    from embedding_worker.engine.hybrid.encoders import ColbertEncoder, M3Encoder, SparseEncoder
+    from embedding_worker.engine.kinds.hybrid.encoders import ColbertEncoder, M3Encoder, SparseEncoder
     from embedding_worker.engine.infinity_internals import engine_with
 
     encoder = {SparseLayout: SparseEncoder, M3Layout: M3Encoder, ColbertLayout: ColbertEncoder}[type(layout)]

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from embedding_worker.engine.llm_reranker.families import BY_MODEL_TYPE, FAMILIES, Family
+from embedding_worker.engine.kinds.llm_reranker.families import BY_MODEL_TYPE, FAMILIES, Family
 from embedding_worker.engine.model_kind import Found, Traits
 
 __all__ = ["FAMILIES", "KIND", "Family", "detect"]
@@ -56,7 +56,7 @@ class LlmRerankerKind:
 
 def _engine(path: Path, family: Family, engine_args: Any) -> Any:
     from embedding_worker.engine.infinity_internals import engine_with
-    from embedding_worker.engine.llm_reranker.scorer import LlmReranker
+    from embedding_worker.engine.kinds.llm_reranker.scorer import LlmReranker
 
     return engine_with(LlmReranker(path, family, engine_args), engine_args)
 
