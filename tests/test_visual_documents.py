@@ -307,3 +307,12 @@ def test_the_readme_pdf_example_runs_and_answers_as_documented(served):
         assert item["embedding"]["dtype"] == "float16" and item["embedding"]["shape"][1] == 16
     assert set(out) == set(documented) and out["usage"]["prompt_tokens"] == sum(
         item["embedding"]["shape"][0] for item in out["data"])
+
+
+def test_a_page_weighs_its_tokens_in_the_backlog(served):
+    """Admission and throughput count a page as the tokens it gives, not as a small picture."""
+    model = served.registry.resolve("colqwen2")
+    assert model.health.media_units == model.page_tokens
+    before = model.health.started_units
+    served.run({"model": "colqwen2", "input": [{"image": png(8)}, {"image": png(9)}]})
+    assert model.health.started_units - before == 2 * model.page_tokens

@@ -47,15 +47,16 @@ THROUGHPUT_SMOOTHING = 0.3  # weight of the newest batch in the throughput avera
 MEDIA_UNITS = 256  # a picture or a clip weighs as a text of this many tokens (a ViT's patches, about)
 
 
-def work_units(item: Any) -> int:
-    """What one engine input weighs, in tokens as priced."""
+def work_units(item: Any, media_units: int = MEDIA_UNITS) -> int:
+    """What one engine input weighs, in tokens as priced (`media_units`: a picture's or a
+    clip's, the model's own where it says: a page reader's page)."""
     if isinstance(item, TokenIds):
         return len(item.ids)
     if isinstance(item, str):
         return token_bound(item)
     if isinstance(item, tuple):  # a rerank pair
-        return sum(work_units(part) for part in item)
-    return MEDIA_UNITS
+        return sum(work_units(part, media_units) for part in item)
+    return media_units
 
 
 class EngineHealth:
@@ -67,6 +68,7 @@ class EngineHealth:
         self.failure: str | None = None  # why the engine can no longer answer
         self.items_in_flight = 0  # admitted for requests still waiting for their answer
         self.units_in_flight = 0  # their work, in tokens (`work_units`)
+        self.media_units = MEDIA_UNITS  # what one of its pictures weighs (a page reader's: its page tokens)
         self.busy_since: float | None = None  # when the backlog last rose from 0
         self.last_progress = 0.0  # when the engine last finished a batch
         self.started_items = 0  # items that entered the pipeline (pre-processing thread only)
@@ -108,7 +110,7 @@ class EngineHealth:
     def _counting(self, run: Callable) -> Callable:
         def counting(items, *args, **kwargs):
             features = run(items, *args, **kwargs)
-            units = sum(map(work_units, items))
+            units = sum(work_units(item, self.media_units) for item in items)
             self._batch_units.append(units)  # the pipeline keeps batches in order
             self.started_items += len(items)
             self.started_units += units

@@ -147,7 +147,7 @@ class EngineRegistry:
         """Run `work()` on the model's engine for `inputs` (what it hands the engine: texts,
         pairs, pictures), bounded as the module says."""
         health = model.health
-        items, units = len(inputs), sum(map(work_units, inputs))
+        items, units = len(inputs), sum(work_units(item, health.media_units) for item in inputs)
         self._refuse_if_failed(model)
         self._admit(model, items, units)
         health.admit(items, units)
