@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def local(tiny_embedder_path):
 
 def start_load_balancer(model_path: Path, **variables: str):
     port = free_port()
-    log = open(ROOT / ".cache" / f"corpus-lb-{port}.log", "w")  # noqa: SIM115 - closed with the process
+    log = tempfile.NamedTemporaryFile("w", prefix="corpus-load-balancer-", suffix=".log", delete=False)  # noqa: SIM115
     worker = subprocess.Popen([sys.executable, "src/handler.py"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "ENDPOINT_TYPE": "load_balancer", "PORT": str(port),
                                    "MODEL_NAMES": str(model_path), "SERVED_MODEL_NAMES": MODEL, "DTYPES": "float32",
