@@ -89,3 +89,13 @@ def assert_answer_or_one_line(reply: dict, expected: str | int) -> None:
         assert reply["status"] == "COMPLETED", reply.get("error")
         output = reply["output"][0] if isinstance(reply["output"], list) else reply["output"]
         assert len(output.get("data") or output.get("results")) == expected
+
+
+def terminate_timed(process, timeout: float = 30) -> tuple[int, float]:
+    """SIGTERM `process`; its exit status and the seconds it took to exit."""
+    import signal
+
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout)
+    return code, time.monotonic() - signalled

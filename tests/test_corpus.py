@@ -246,6 +246,12 @@ def test_the_batch_api_as_runpod_documents_it(local):
     assert httpx.post(f"{api}/{draft}/cancel").json()["status"] == "CANCELLED"
     bad_custom = httpx.post(f"{local}/runsync", json={"input": {"model": MODEL, "input": ["a"], "custom_id": 5}}).json()
     assert bad_custom["error"] == "custom_id: must be a string of 1 to 256 characters"
+    for custom_id, ok in (("c" * 256, True), ("c" * 257, False), ("", False)):
+        reply = httpx.post(f"{local}/runsync", json={"input": {"model": MODEL, "input": ["a"], "custom_id": custom_id}})
+        assert (reply.json().get("output", {}).get("custom_id") == custom_id) if ok else "custom_id" in reply.json()["error"]
+    at_bound = httpx.post(api, json=[job] * 5000)
+    assert at_bound.status_code == 200 and at_bound.json()["status"] == "DRAFT"
+    httpx.post(f"{api}/{at_bound.json()['id']}/cancel")
 
 
 RAY_VENV = ROOT / ".cache" / "ray-venv"

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import EMBEDDER_ID, RERANKER_ID, ROOT, free_port, start_worker
+from process_watch import terminate_timed
 from stand_in_hub import Fault, StandInHub
 from stand_in_load_balancer import StandInLoadBalancer
 
@@ -102,10 +103,7 @@ def test_while_loading_a_request_is_refused_before_its_body_and_sigterm_ends_the
                     time.sleep(0.05)
                 status, headers, took = answer_to_headers(port, "/v1/embeddings", 30 * 10**6)
                 time.sleep(1)  # into the download
-                signalled = time.monotonic()
-                worker.send_signal(signal.SIGTERM)
-                code = worker.wait(30)
-                stopped = time.monotonic() - signalled
+                code, stopped = terminate_timed(worker)
         finally:
             if worker.poll() is None:
                 worker.kill()

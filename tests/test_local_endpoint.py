@@ -7,7 +7,6 @@ bundled embedder and the tiny reranker loaded by hub id from the test cache.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import EMBEDDER_ID, RERANKER_ID, ROOT, start_local_endpoint
+from process_watch import terminate_timed
 
 API_KEY = "local-test-key"
 TEXTS = ["Hello, world!", "The quick brown fox jumps over the lazy dog."]
@@ -418,10 +418,7 @@ def test_while_loading_the_api_routes_answer_503_in_their_own_shape_and_sigterm_
             openai = httpx.post(f"{api}/v1/embeddings", json={"model": "stand-in/slow", "input": "hi"}, timeout=30)
             infinity = httpx.post(f"{api}/embeddings", json={"model": "stand-in/slow", "input": "hi"}, timeout=30)
             cohere = httpx.post(f"{api}/v2/embed", json={"model": "stand-in/slow", "texts": ["hi"]}, timeout=30)
-            signalled = time.monotonic()
-            server.send_signal(signal.SIGTERM)
-            code = server.wait(30)
-            stopped = time.monotonic() - signalled
+            code, stopped = terminate_timed(server)
         finally:
             if server.poll() is None:
                 server.kill()

@@ -217,6 +217,20 @@ def test_options_that_do_not_fit_are_refused_in_one_line(served, body, expected)
     assert "error" in out and expected in out["error"] and "\n" not in out["error"], out
 
 
+def test_pool_factor_and_pages_at_and_one_past_their_bounds(served):
+    """pool_factor 2 to 1024; `pages` lists at most 10,000 numbers (the renderer then holds
+    them to the PDF's pages and MAX_PDF_PAGES)."""
+    assert len(served.run({"model": "colpali", "input": [{"image": png(1)}], "pool_factor": 1024})["data"][0][
+        "embedding"]) == 1
+    assert served.run({"model": "colpali", "input": [{"image": png(1)}], "pool_factor": 1025})["error"].startswith(
+        "pool_factor: Input should be less than or equal to 1024")
+    one = b64(pillow_pdf(1))
+    at = served.run({"model": "colpali", "input": [{"pdf": one, "pages": list(range(10_000))}]})
+    assert at["error"] == "input: item 0: the PDF has 1 page; page 1 is past its end (pages count from 0)"
+    past = served.run({"model": "colpali", "input": [{"pdf": one, "pages": list(range(10_001))}]})
+    assert past["error"] == "input: item 0: pages lists 10,001 numbers; at most 10,000"
+
+
 def test_pages_at_and_past_the_request_bound(served):
     """MAX_PDF_PAGES=6: six pages are embedded; a seventh, in the same PDF or another one, is
     refused before anything is rendered; a page past the end is refused naming the count."""

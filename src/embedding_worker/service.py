@@ -253,9 +253,7 @@ class EmbeddingService:
             vectors, _ = await self.registry.call(model, lambda: model.engine.embed(list(queries.values())),
                                                   list(queries.values()))
             found.update(((i, None), v) for i, v in zip(queries, vectors))
-        for batch in prepared:
-            async for decoded in batch.batches(model.spec.batch_size):
-                found.update(zip(((i, None) for i in decoded), await self._picture_vectors(model, list(decoded.values()))))
+        found.update(((i, None), v) for i, v in (await self._decoded_picture_vectors(model, prepared)).items())
         for start in range(0, len(rendered), model.spec.batch_size):
             part = rendered[start:start + model.spec.batch_size]
             found.update(zip((key for key, _ in part), await self._picture_vectors(model, [p for _, p in part])))
@@ -301,6 +299,14 @@ class EmbeddingService:
     async def _picture_vectors(self, model: DeployedModel, pictures: list) -> list[np.ndarray]:
         vectors, _ = await self.registry.call(model, partial(model.engine.image_embed, images=pictures), pictures)
         return list(vectors)
+
+    async def _decoded_picture_vectors(self, model: DeployedModel, prepared: list) -> dict[int, np.ndarray]:
+        """Each prepared picture's vectors by input index, decoded and embedded a batch at a time."""
+        found: dict[int, np.ndarray] = {}
+        for batch in prepared:
+            async for decoded in batch.batches(model.spec.batch_size):
+                found.update(zip(decoded, await self._picture_vectors(model, list(decoded.values()))))
+        return found
 
     async def _hybrid_vectors(self, model: DeployedModel, texts: list[str]) -> tuple[list[HybridVectors], int]:
         found, tokens = await self.registry.call(model, lambda: model.engine.embed(texts), texts)
@@ -457,11 +463,7 @@ class EmbeddingService:
         texts = [HybridText(query, query=True), *(document_prefix + doc for doc in request.docs)]
         found, tokens = await self._hybrid_vectors(model, texts)
         scores = model.traits.scores_token_vectors(found[0].multi_vector, [v.multi_vector for v in found[1:]])
-        order = np.argsort(-scores, kind="stable")[: request.top_n]
-        results = [RerankResult(index=int(i), relevance_score=float(scores[i]),
-                                document=_document(request.docs[i], document_objects) if request.return_docs else None)
-                   for i in order]
-        return RerankResponse.model_construct(model=model.name, results=results, usage=Usage.of(tokens))
+        return _ranked(model, request, scores, tokens, document_objects)
 
     async def _rerank_pages(self, model: DeployedModel, request: RerankRequest,
                             document_objects: bool) -> RerankResponse:
@@ -470,18 +472,11 @@ class EmbeddingService:
         references = {i: document.image for i, document in enumerate(request.docs)}
         prepared = await prepare_media([(Images(model.image_side), references)], self.media_limits)
         query, _ = await self.registry.call(model, lambda: model.engine.embed([request.query]), [request.query])
-        pages: dict[int, np.ndarray] = {}
-        for batch in prepared:
-            async for decoded in batch.batches(model.spec.batch_size):
-                pages.update(zip(decoded, await self._picture_vectors(model, list(decoded.values()))))
+        pages = await self._decoded_picture_vectors(model, prepared)
         documents = [pages[i] for i in range(len(request.docs))]
         scores = model.traits.scores_token_vectors(query[0], documents)
         _require_finite(scores, model)
-        order = np.argsort(-scores, kind="stable")[: request.top_n]
-        results = [RerankResult(index=int(i), relevance_score=float(scores[i]),
-                                document=request.docs[i] if request.return_docs else None) for i in order]
-        tokens = len(query[0]) + sum(len(d) for d in documents)
-        return RerankResponse.model_construct(model=model.name, results=results, usage=Usage.of(tokens))
+        return _ranked(model, request, scores, len(query[0]) + sum(len(d) for d in documents), document_objects)
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResponse:
         model = self.registry.resolve(request.model)
@@ -573,8 +568,21 @@ def _pooled(matrices: list[np.ndarray], pool_factor: int) -> list[np.ndarray]:
     return [pool(matrix, pool_factor) for matrix in matrices]
 
 
-def _document(text: str, as_object: bool) -> DocumentText | str:
-    return DocumentText(text=text) if as_object else text
+def _ranked(model: DeployedModel, request: RerankRequest, scores: np.ndarray, tokens: int,
+            document_objects: bool) -> RerankResponse:
+    """A rerank answer from one score per document, best first (ties in document order)."""
+    order = np.argsort(-scores, kind="stable")[: request.top_n]
+    results = [RerankResult(index=int(i), relevance_score=float(scores[i]),
+                            document=_document(request.docs[i], document_objects) if request.return_docs else None)
+               for i in order]
+    return RerankResponse.model_construct(model=model.name, results=results, usage=Usage.of(tokens))
+
+
+def _document(document: str | ImageInput, as_object: bool) -> DocumentText | ImageInput | str:
+    """A document as the answer returns it: a text as `{"text"}` or as it is; a picture as sent."""
+    if isinstance(document, ImageInput):
+        return document
+    return DocumentText(text=document) if as_object else document
 
 
 def _require_finite(values: np.ndarray, model: DeployedModel) -> None:

@@ -128,7 +128,7 @@ class CorpusRun:
                     await self._batches(http, progress)
                 else:
                     await self._requests(http, progress)
-            embedded = self.store.finish(self.store.read())
+            embedded = self.store.finish(self.tally.failed)
         finally:
             self.bar.close()
             self.store.close()
@@ -161,8 +161,8 @@ class CorpusRun:
             task = asyncio.create_task(self._chunk(transport, number, chunk, progress.jobs.get(number)))
             task.add_done_callback(lambda t: gate.release())
             tasks.add(task)
-            task.add_done_callback(tasks.discard)
             for finished in [t for t in tasks if t.done()]:
+                tasks.discard(finished)
                 finished.result()  # a failure that stops the run (a wrong key, a missing model) surfaces now
         await asyncio.gather(*tasks)
 

@@ -100,8 +100,8 @@ class Store:
             os.replace(temporary, self.parts / f"{chunk:08d}.parquet")
         self.note({"done": chunk, "rows": 0 if table is None else table.num_rows, "failed": failed, "tokens": tokens})
 
-    def finish(self, progress: Progress) -> int:
-        """Join the parts into OUTPUT, list the failures; return the rows written."""
+    def finish(self, failed: list[tuple[Any, str]]) -> int:
+        """Join the parts into OUTPUT, list the `failed` rows; return the rows written."""
         import pyarrow.parquet as pq
 
         import pyarrow as pa
@@ -126,9 +126,9 @@ class Store:
             writer.close()
         os.replace(temporary, self.output)
         with self.failed_path.open("wb") as handle:
-            for identifier, reason in progress.failed:
+            for identifier, reason in failed:
                 handle.write(orjson.dumps({"id": identifier, "reason": reason}) + b"\n")
-        if not progress.failed:
+        if not failed:
             self.failed_path.unlink()
         for part in parts:
             part.unlink()

@@ -44,6 +44,8 @@ class DeployedModel:
 
     def __post_init__(self) -> None:
         self.health = EngineHealth(self.spec.name)
+        if self.page_tokens:
+            self.health.media_units = self.page_tokens  # a page weighs its tokens in the backlog
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's token ids, special tokens included, untruncated (blocking: call in a thread)."""

@@ -150,8 +150,6 @@ def load_model(spec: ModelSpec, locations: ModelLocations, hardware: Hardware, o
         takes_token_ids=takes_token_ids,
         **_media_inputs(replicas[0] if replicas else None),
     )
-    if model.page_tokens:
-        model.health.media_units = model.page_tokens  # a page weighs its tokens in the backlog
     if max_tokens and model.tokenizer is not None:
         for replica in replicas:
             count_usage_as_read(replica, max_tokens - sum(model.special_tokens))

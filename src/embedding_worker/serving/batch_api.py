@@ -32,8 +32,9 @@ import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
+from embedding_worker.serving import json_io
 from embedding_worker.serving.http_api import FastJSON, json_body
-from embedding_worker.serving.job_store import FINAL, JobStore, LocalJob
+from embedding_worker.serving.job_store import FINAL, JobStore, LocalJob, with_result
 
 MAX_CALL_BYTES = 10 * 2**20
 MAX_REQUESTS = 5_000  # a batch
@@ -187,32 +188,41 @@ def batch_router(jobs: Any, dependencies: list[Any]) -> APIRouter:
         batch = find(endpoint_id, batch_id)
         if offset < 0 or not 1 <= limit <= MAX_PAGE:
             raise HTTPException(400, f"offset must be 0 or more and limit 1 to {MAX_PAGE}")
-        page = batch.children[offset:offset + limit]
         store: JobStore = jobs()
-        parts = [_result(child, store) for child in page]
+        # what each entry shows is read here, on the loop; a large page is put together in a thread
+        page = [(child, _status(child, store), child.job.result_json if child.job else b"")
+                for child in batch.children[offset:offset + limit]]
         head = orjson.dumps({"total": len(batch.children), "offset": offset, "limit": limit,
                              "hasMore": offset + limit < len(batch.children)})
-        return Response(b'{"requests":[' + b",".join(parts) + b"]," + head[1:], media_type="application/json")
+
+        def body() -> bytes:
+            return b'{"requests":[' + b",".join(_result(*entry) for entry in page) + b"]," + head[1:]
+
+        return Response(await json_io.off_loop_if(len(page) > json_io.LARGE_ITEMS, body),
+                        media_type="application/json")
 
     return router
 
 
-def _result(child: Child, store: JobStore) -> bytes:
-    """One request's entry; a finished one's stored result spliced in unparsed."""
+def _status(child: Child, store: JobStore) -> str:
+    """DRAFT before the batch is finalized; EXPIRED once its kept result has been dropped."""
     job = child.job
     if job is None:
-        return orjson.dumps({"id": child.id, "status": "DRAFT"})
-    if job.status in FINAL and store.get(job.id) is None:
-        return orjson.dumps({"id": child.id, "status": "EXPIRED"})
-    head: dict[str, Any] = {"id": child.id, "status": job.status}
+        return "DRAFT"
+    return "EXPIRED" if job.status in FINAL and store.get(job.id) is None else job.status
+
+
+def _result(child: Child, status: str, result_json: bytes) -> bytes:
+    """One request's entry; a finished one's stored result spliced in unparsed."""
+    head: dict[str, Any] = {"id": child.id, "status": status}
+    job = child.job
+    if status in ("DRAFT", "EXPIRED") or job is None:
+        return orjson.dumps(head)
     if job.started is not None:
         head["startedAt"] = _iso(job.started)
     if job.finished is not None:
         head["completedAt"] = _iso(job.finished)
-    body = orjson.dumps(head)
-    if job.status in FINAL and len(job.result_json) > 2:
-        body = body[:-1] + b"," + job.result_json[1:]
-    return body
+    return with_result(head, result_json if status in FINAL else b"")
 
 
 def _iso(monotonic: float) -> str:

@@ -60,13 +60,16 @@ class LocalJob:
             head["delayTime"] = round(1000 * (self.started - self.submitted))
         if self.finished is not None and self.started is not None:
             head["executionTime"] = round(1000 * (self.finished - self.started))
-        body = orjson.dumps(head)
-        if len(self.result_json) > 2:  # not "{}"
-            body = body[:-1] + b"," + self.result_json[1:]
-        return body
+        return with_result(head, self.result_json)
 
     def to_api(self) -> dict[str, Any]:
         return orjson.loads(self.to_api_json())
+
+
+def with_result(head: dict[str, Any], result_json: bytes) -> bytes:
+    """`head` as JSON with a stored result's fields (`output` or `error`) spliced in unparsed."""
+    body = orjson.dumps(head)
+    return body[:-1] + b"," + result_json[1:] if len(result_json) > 2 else body  # not "{}"
 
 
 class JobStore:

@@ -40,6 +40,14 @@ from embedding_worker.engine.kinds.hybrid.vectors import HybridText, HybridVecto
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def device_and_dtype(engine_args: Any) -> tuple[torch.device, torch.dtype]:
+    """Where an encoder the worker builds runs, and at what precision, from Infinity's
+    engine arguments (float16 on a GPU, float32 on a CPU where the dtype names none)."""
+    device = torch.device(engine_args.device.resolve() if hasattr(engine_args.device, "resolve") else "cpu")
+    requested = getattr(engine_args.dtype, "value", str(engine_args.dtype))
+    return device, TORCH_DTYPES.get(requested, torch.float16 if device.type == "cuda" else torch.float32)
+
+
 class _Encoder(BaseEmbedder):
     capabilities = {"embed"}
     real_tokens_safe = True  # engine/cpu/real_tokens.py may drop padding inside the encoder
@@ -48,11 +56,7 @@ class _Encoder(BaseEmbedder):
 
     def __init__(self, engine_args: Any, tokenizer: Any, model: torch.nn.Module) -> None:
         self.engine_args = engine_args
-        self.device = torch.device(engine_args.device.resolve() if hasattr(engine_args.device, "resolve")
-                                   else "cpu")
-        requested = getattr(engine_args.dtype, "value", str(engine_args.dtype))
-        default = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.dtype = TORCH_DTYPES.get(requested, default)
+        self.device, self.dtype = device_and_dtype(engine_args)
         self.tokenizer = tokenizer
         self.model = model.to(self.device, self.dtype).eval()
 

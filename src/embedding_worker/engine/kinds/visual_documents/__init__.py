@@ -12,9 +12,9 @@ resolution), so at float32 the vectors equal transformers' classes. `encoder` ru
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from embedding_worker.engine.hardware import model_config
 from embedding_worker.engine.kinds.hybrid.vectors import maxsim
 from embedding_worker.engine.model_kind import MULTI_VECTOR, Found, Traits
 
@@ -25,14 +25,8 @@ LAYOUTS = {"colpali": ("ColPaliForRetrieval", "colpali"), "colqwen2": ("ColQwen2
 TRAITS = Traits(embedding_types=(MULTI_VECTOR,), scores_token_vectors=maxsim, reads_pages=True)
 
 
-def _layout(path: Path) -> str | None:
+def _layout(config: dict) -> str | None:
     """Which layout `config.json` names by architecture or model type, if any."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
-        return None
     architectures = config.get("architectures") or []
     for name, (architecture, model_type) in LAYOUTS.items():
         if architecture in architectures or config.get("model_type") == model_type:
@@ -44,9 +38,11 @@ class VisualDocumentsKind:
     names = tuple(LAYOUTS)
 
     def find(self, path: Path, name: str | None) -> Found | None:
-        layout = _layout(path)
+        config = model_config(path)
+        config = config if isinstance(config, dict) else {}
+        layout = _layout(config)
         if name is not None:
-            layout = name if layout in (None, name) and (path / "config.json").is_file() else None
+            layout = name if layout in (None, name) and config else None
         if layout is None:
             return None
         architecture = LAYOUTS[layout][0]

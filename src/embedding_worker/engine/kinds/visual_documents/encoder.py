@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from infinity_emb.transformer.abstract import BaseEmbedder
 
-from embedding_worker.engine.kinds.hybrid.encoders import TORCH_DTYPES
+from embedding_worker.engine.kinds.hybrid.encoders import device_and_dtype
 
 
 class PageEncoder(BaseEmbedder):
@@ -33,10 +33,7 @@ class PageEncoder(BaseEmbedder):
         from transformers import AutoProcessor
 
         self.engine_args = engine_args
-        self.device = torch.device(engine_args.device.resolve() if hasattr(engine_args.device, "resolve")
-                                   else "cpu")
-        requested = getattr(engine_args.dtype, "value", str(engine_args.dtype))
-        self.dtype = TORCH_DTYPES.get(requested, torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.device, self.dtype = device_and_dtype(engine_args)
         self.processor = AutoProcessor.from_pretrained(path)
         model_class = getattr(transformers, architecture)
         self.model = model_class.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
